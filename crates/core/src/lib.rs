@@ -5,12 +5,16 @@
 //! [`backend::Backend`] and [`store::Store`] traits.
 
 pub mod backend;
+pub mod claim;
 pub mod duration;
 pub mod error;
 pub mod model;
 pub mod quantity;
+pub mod reconcile;
 pub mod store;
 pub mod validate;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_store;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_backend;

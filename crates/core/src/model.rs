@@ -580,6 +580,10 @@ pub struct Sandbox {
     pub startup_timeout_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_active_at: Option<String>,
+    /// While Stopping: the terminal status the sandbox will end in (`Completed`, `Released`,
+    /// `Failed`, `Canceled`); kept so a restart can finish the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<SandboxStatus>,
     /// Computed at read time, never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<i64>,

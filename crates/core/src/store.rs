@@ -195,6 +195,7 @@ pub mod conformance {
             idle_timeout_seconds: None,
             startup_timeout_seconds: None,
             last_active_at: None,
+            stop_reason: None,
             duration_seconds: None,
             status_detail: None,
             endpoints: Default::default(),
