@@ -1,1 +1,5 @@
-//! placeholder
+//! agentbox server: the lifecycle engine and the native HTTP API.
+
+pub mod auth;
+pub mod engine;
+pub mod http;

@@ -1,0 +1,211 @@
+//! The lifecycle engine: owns the per-pool claim queues and reconcilers, and drives the backend
+//! and the store. Handlers call one engine function per request; no lifecycle logic lives in HTTP.
+
+mod pools;
+mod reconcile;
+mod recovery;
+mod sandboxes;
+mod templates;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbox_core::backend::Backend;
+use agentbox_core::claim::ClaimQueue;
+use agentbox_core::error::AppError;
+use agentbox_core::model::Pool;
+use agentbox_core::reconcile::PoolCounts;
+use agentbox_core::store::Store;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, oneshot};
+
+pub use pools::{CreatePoolRequest, PoolCondition, PoolDiagnostic, PoolStatus, PoolView, UpdatePoolRequest};
+pub use sandboxes::{CreateSandboxRequest, DeleteSandboxResult, ExecCommand, ExecRequestBody, ExecResult, ListSandboxesQuery, SandboxList};
+pub use templates::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Waiting requests per pool before 429.
+    pub claim_queue_capacity: usize,
+    /// Reconcile period of each pool (it also runs on every relevant event).
+    pub reconcile_interval: Duration,
+    /// Slot creations in flight per pool.
+    pub max_parallel_creates: u32,
+    /// Startup timeout when neither the request nor the pool sets one.
+    pub default_startup_timeout: Duration,
+    /// How long terminal sandboxes stay in the history store.
+    pub history_retention: Duration,
+    /// Base URL the sandbox endpoints are built from (`{base}/sandboxes/{id}/{port}`), if any.
+    pub proxy_base_url: Option<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            claim_queue_capacity: 8192,
+            reconcile_interval: Duration::from_secs(1),
+            max_parallel_creates: 16,
+            default_startup_timeout: Duration::from_secs(120),
+            history_retention: Duration::from_secs(7 * 24 * 3600),
+            proxy_base_url: None,
+        }
+    }
+}
+
+/// (namespace, pool name)
+pub type PoolKey = (String, String);
+
+/// Runtime state of one pool: its claim queue and the reconciler's wake-up.
+pub(crate) struct PoolRt {
+    pub key: PoolKey,
+    pub queue: Mutex<ClaimQueue<oneshot::Sender<String>>>,
+    pub wake: Notify,
+}
+
+pub struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) cfg: EngineConfig,
+    pools: Mutex<HashMap<PoolKey, Arc<PoolRt>>>,
+    slot_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Engine {
+    /// Build an engine; call [`Engine::start`] to recover state and run the reconcilers.
+    pub fn new(store: Arc<dyn Store>, backend: Arc<dyn Backend>, cfg: EngineConfig) -> Arc<Engine> {
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Arc::new(Engine {
+            store,
+            backend,
+            cfg,
+            pools: Mutex::new(HashMap::new()),
+            slot_locks: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Recover from whatever the last process left (see ARCHITECTURE.md, "restart recovery"), then
+    /// start a reconciler for every pool and the history pruner.
+    pub async fn start(self: &Arc<Self>) -> Result<(), AppError> {
+        self.recover().await?;
+        for pool in self.store.list_pools(None)? {
+            self.ensure_pool_rt(&pool);
+        }
+        let me = Arc::clone(self);
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                me.prune_history();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stop the reconcilers (used by tests and graceful shutdown). Sandboxes keep running.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn prune_history(&self) {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(self.cfg.history_retention).unwrap_or(chrono::Duration::days(7));
+        let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        match self.store.prune_history(&cutoff) {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "pruned sandbox history"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning sandbox history failed"),
+        }
+    }
+
+    /// The runtime of a pool, creating it (and its reconciler task) on first use.
+    pub(crate) fn ensure_pool_rt(self: &Arc<Self>, pool: &Pool) -> Arc<PoolRt> {
+        let key = (pool.namespace.clone(), pool.name.clone());
+        let mut pools = self.pools.lock();
+        if let Some(rt) = pools.get(&key) {
+            return Arc::clone(rt);
+        }
+        let rt = Arc::new(PoolRt {
+            key: key.clone(),
+            queue: Mutex::new(ClaimQueue::new(self.cfg.claim_queue_capacity)),
+            wake: Notify::new(),
+        });
+        pools.insert(key, Arc::clone(&rt));
+        drop(pools);
+        let me = Arc::clone(self);
+        let rt2 = Arc::clone(&rt);
+        tokio::spawn(async move { me.run_reconciler(rt2).await });
+        rt
+    }
+
+    pub(crate) fn pool_rt(&self, key: &PoolKey) -> Option<Arc<PoolRt>> {
+        self.pools.lock().get(key).cloned()
+    }
+
+    pub(crate) fn forget_pool_rt(&self, key: &PoolKey) {
+        if let Some(rt) = self.pools.lock().remove(key) {
+            for w in rt.queue.lock().drain_waiters() {
+                drop(w); // the waiting request sees its channel closed and answers 409
+            }
+        }
+    }
+
+    /// Serializes lifecycle operations (switch, recycle, destroy) on one slot.
+    pub(crate) fn slot_lock(&self, slot_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.slot_locks.lock().entry(slot_id.to_string()).or_default())
+    }
+
+    pub(crate) fn drop_slot_lock(&self, slot_id: &str) {
+        self.slot_locks.lock().remove(slot_id);
+    }
+
+    /// Hand idle slots to waiting requests, oldest waiter first.
+    pub(crate) fn dispatch(&self, rt: &PoolRt) {
+        loop {
+            let Some((tx, slot)) = rt.queue.lock().match_next() else { return };
+            if let Err(slot) = tx.send(slot) {
+                // The waiter gave up between matching and sending: the slot is still idle.
+                rt.queue.lock().return_idle(slot);
+            }
+        }
+    }
+
+    /// Slot counts of a pool from the store, plus the claim queue's waiting requests.
+    pub(crate) fn pool_counts(&self, pool: &Pool) -> Result<PoolCounts, AppError> {
+        let mut c = PoolCounts::default();
+        for s in self.store.list_slots()?.into_iter().filter(|s| s.pool == pool.name && s.namespace == pool.namespace) {
+            c.add(s.phase);
+        }
+        if let Some(rt) = self.pool_rt(&(pool.namespace.clone(), pool.name.clone())) {
+            let q = rt.queue.lock();
+            c.pending_requests = q.waiting_len() as u32;
+            // Idle slots not in the queue are being health-checked or removed: not available.
+            c.unavailable_idle = c.idle.saturating_sub(q.idle_len() as u32);
+        }
+        Ok(c)
+    }
+}
+
+pub(crate) fn now() -> String {
+    agentbox_core::model::now_rfc3339()
+}
+
+pub(crate) fn age_since(ts: Option<&str>) -> Duration {
+    ts.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+
+#[cfg(test)]
+mod tests;

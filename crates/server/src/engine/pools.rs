@@ -1,0 +1,458 @@
+//! Pools: create from a template (or inline), read with live status, update, delete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agentbox_core::duration::WireDuration;
+use agentbox_core::error::{AppError, AvailableTemplateSummary, AvailableTemplatesDetail};
+use agentbox_core::model::{
+    AutoscalingSpec, PodCreationImagePolicy, Pool, PoolOverrides, PoolSpec, RegistryCredential, SandboxSpec,
+    SlotPhase,
+};
+use agentbox_core::quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
+use agentbox_core::reconcile::{PoolCounts, PoolPhase, pool_phase};
+use agentbox_core::store::StoreError;
+use agentbox_core::validate;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Engine, now};
+use crate::auth::AuthInfo;
+
+/// Upper bound on `replicas`, a guard against typos.
+pub const MAX_REPLICAS: u32 = 5000;
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreatePoolRequest {
+    /// DNS label.
+    pub name: String,
+    /// Copy the sandbox definition from this template (else give `template`).
+    #[serde(default)]
+    pub template_name: Option<String>,
+    /// Inline sandbox definition (instead of `templateName`).
+    #[serde(default)]
+    pub template: Option<SandboxSpec>,
+    /// Total slots (default 1).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    #[serde(default)]
+    pub min_replicas: Option<u32>,
+    #[serde(default)]
+    pub max_replicas: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub overrides: Option<PoolOverrides>,
+    #[serde(default)]
+    pub default_startup_timeout: Option<WireDuration>,
+    #[serde(default)]
+    pub default_idle_timeout: Option<WireDuration>,
+    #[serde(default)]
+    pub pod_creation_image_policy: Option<PodCreationImagePolicy>,
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingSpec>,
+    #[serde(default, rename = "quotaURL", alias = "quotaUrl")]
+    pub quota_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePoolRequest {
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    #[serde(default)]
+    pub min_replicas: Option<u32>,
+    #[serde(default)]
+    pub max_replicas: Option<u32>,
+    #[serde(default)]
+    pub pod_creation_image_policy: Option<PodCreationImagePolicy>,
+    /// Only `overrides.image` can change after creation.
+    #[serde(default)]
+    pub overrides: Option<PoolOverrides>,
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingSpec>,
+    #[serde(default)]
+    pub default_startup_timeout: Option<WireDuration>,
+    #[serde(default)]
+    pub default_idle_timeout: Option<WireDuration>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: bool,
+    pub reason: String,
+}
+
+/// Why a slot is not usable.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolDiagnostic {
+    pub pod_name: String,
+    pub phase: SlotPhase,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    pub phase: PoolPhase,
+    #[serde(flatten)]
+    pub counts: PoolCounts,
+    pub conditions: Vec<PoolCondition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<PoolDiagnostic>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    pub name: String,
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub team: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    pub spec: PoolSpec,
+    /// Override intent (registry passwords are never returned).
+    pub overrides: PoolOverrides,
+    pub status: PoolStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    pub created_at: String,
+    pub resource_version: u64,
+}
+
+fn scale_quantity(q: &mut Option<String>, m: u32, cpu: bool) -> Result<(), AppError> {
+    if let Some(v) = q {
+        *v = if cpu {
+            format_cpu_millis(parse_cpu_millis(v).map_err(AppError::bad_request)? * m as u64)
+        } else {
+            format_memory_bytes(parse_memory_bytes(v).map_err(AppError::bad_request)? * m as u64)
+        };
+    }
+    Ok(())
+}
+
+/// The template copy with the pool's overrides applied (image → container 0, resources × N).
+pub fn apply_overrides(base: &SandboxSpec, o: &PoolOverrides) -> Result<SandboxSpec, AppError> {
+    let mut s = base.clone();
+    if let Some(img) = &o.image {
+        validate::image_ref("overrides.image", img)?;
+        s.containers[0].image = img.clone();
+    }
+    if let Some(m) = o.resource_multiplier {
+        if m < 1 {
+            return Err(AppError::bad_request("overrides.resourceMultiplier must be >= 1"));
+        }
+        for c in &mut s.containers {
+            for q in [&mut c.resources.requests, &mut c.resources.limits] {
+                scale_quantity(&mut q.cpu, m, true)?;
+                scale_quantity(&mut q.memory, m, false)?;
+            }
+        }
+    }
+    if let Some(ips) = &o.image_pull_secret {
+        if ips.registries.is_empty() || ips.registries.iter().any(|r| r.registry.is_empty() || r.username.is_empty()) {
+            return Err(AppError::bad_request(
+                "overrides.imagePullSecret.registries needs at least one entry with registry, username and password",
+            ));
+        }
+    }
+    validate::sandbox_spec(&s)?;
+    Ok(s)
+}
+
+fn validate_sizes(replicas: u32, min: Option<u32>, max: Option<u32>, autoscaling: Option<&AutoscalingSpec>) -> Result<(), AppError> {
+    if replicas > MAX_REPLICAS {
+        return Err(AppError::bad_request(format!("replicas {replicas} is above the limit of {MAX_REPLICAS}")));
+    }
+    if autoscaling.is_some_and(|a| a.enabled) {
+        let (Some(min), Some(max)) = (min, max) else {
+            return Err(AppError::bad_request("autoscaling needs minReplicas and maxReplicas"));
+        };
+        if min > max || replicas < min || replicas > max {
+            return Err(AppError::bad_request(format!(
+                "need minReplicas <= replicas <= maxReplicas, got {min} <= {replicas} <= {max}"
+            )));
+        }
+    } else if let (Some(min), Some(max)) = (min, max) {
+        if min > max {
+            return Err(AppError::bad_request(format!("minReplicas {min} is greater than maxReplicas {max}")));
+        }
+    }
+    Ok(())
+}
+
+fn redact(o: &PoolOverrides) -> PoolOverrides {
+    let mut o = o.clone();
+    if let Some(ips) = &mut o.image_pull_secret {
+        ips.registries = ips
+            .registries
+            .iter()
+            .map(|r| RegistryCredential { registry: r.registry.clone(), username: r.username.clone(), password: "***".into() })
+            .collect();
+    }
+    o
+}
+
+impl Engine {
+    pub fn create_pool(self: &Arc<Self>, auth: &AuthInfo, req: CreatePoolRequest) -> Result<PoolView, AppError> {
+        validate::dns_label("name", &req.name)?;
+        let (base, template_name, template_version) = match (&req.template_name, &req.template) {
+            (Some(_), Some(_)) => return Err(AppError::bad_request("give either templateName or template, not both")),
+            (None, None) => {
+                return Err(AppError::bad_request("either templateName or template is required").with_detail(&self.available_templates(auth)));
+            }
+            (None, Some(inline)) => (inline.clone(), None, None),
+            (Some(name), None) => match self.store.get_template(name)? {
+                Some(t) if auth.is_admin() || t.spec.visibility.allows(&auth.team, &auth.user) => {
+                    (t.spec.sandbox.clone(), Some(name.clone()), Some(t.spec.version.clone()))
+                }
+                _ => {
+                    return Err(AppError::bad_request(format!("sandbox template {name:?} not found"))
+                        .with_detail(&self.available_templates(auth)));
+                }
+            },
+        };
+        let overrides = req.overrides.clone().unwrap_or_default();
+        let effective = apply_overrides(&base, &overrides)?;
+        let replicas = req.replicas.unwrap_or(1);
+        validate_sizes(replicas, req.min_replicas, req.max_replicas, req.autoscaling.as_ref())?;
+        let pool = Pool {
+            name: req.name.clone(),
+            namespace: auth.namespace.clone(),
+            team: auth.team.clone(),
+            user: auth.user.clone(),
+            spec: PoolSpec {
+                replicas,
+                min_replicas: req.min_replicas,
+                max_replicas: req.max_replicas,
+                template_name,
+                template: effective,
+                default_startup_timeout: req.default_startup_timeout.filter(|d| !d.is_zero()),
+                default_idle_timeout: req.default_idle_timeout.filter(|d| !d.is_zero()),
+                pod_creation_image_policy: req.pod_creation_image_policy.unwrap_or_default(),
+                autoscaling: req.autoscaling,
+                quota_url: req.quota_url,
+            },
+            overrides,
+            labels: req.labels,
+            annotations: req.annotations,
+            template_version,
+            created_at: now(),
+            resource_version: 1,
+            deleting: false,
+        };
+        self.store.create_pool(&pool).map_err(|e| match e {
+            StoreError::Conflict(_) => AppError::conflict(format!("pool {:?} already exists", pool.name)),
+            e => e.into(),
+        })?;
+        tracing::info!(pool = %pool.name, replicas, "pool created");
+        self.ensure_pool_rt(&pool);
+        self.pool_view(pool)
+    }
+
+    fn available_templates(&self, auth: &AuthInfo) -> AvailableTemplatesDetail {
+        let list: Vec<AvailableTemplateSummary> = self
+            .list_templates(auth)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| AvailableTemplateSummary { name: t.name, description: t.description })
+            .collect();
+        let hint = if list.is_empty() {
+            "No templates are visible to this team/user. Ask an admin to create one, or define the pool inline with `template`."
+        } else {
+            "Template not found. Pick a name from availableTemplates, or define the pool inline with `template`."
+        };
+        AvailableTemplatesDetail { available_templates: list, hint: Some(hint.into()) }
+    }
+
+    /// Load a pool the caller may see (404 otherwise).
+    fn visible_pool(&self, auth: &AuthInfo, name: &str) -> Result<Pool, AppError> {
+        match self.store.get_pool(&auth.namespace, name)? {
+            Some(p) if auth.may_use(&p.team, &p.user) => Ok(p),
+            _ => Err(AppError::not_found(format!("pool {name:?} not found"))),
+        }
+    }
+
+    pub fn get_pool(&self, auth: &AuthInfo, name: &str) -> Result<PoolView, AppError> {
+        self.pool_view(self.visible_pool(auth, name)?)
+    }
+
+    pub fn list_pools(&self, auth: &AuthInfo) -> Result<Vec<PoolView>, AppError> {
+        let ns = if auth.is_admin() { None } else { Some(auth.namespace.as_str()) };
+        let mut out = vec![];
+        for p in self.store.list_pools(ns)? {
+            if auth.may_use(&p.team, &p.user) {
+                out.push(self.pool_view(p)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.namespace.cmp(&b.namespace)));
+        Ok(out)
+    }
+
+    pub fn update_pool(self: &Arc<Self>, auth: &AuthInfo, name: &str, req: UpdatePoolRequest) -> Result<PoolView, AppError> {
+        let nothing = req.replicas.is_none()
+            && req.min_replicas.is_none()
+            && req.max_replicas.is_none()
+            && req.pod_creation_image_policy.is_none()
+            && req.overrides.as_ref().and_then(|o| o.image.as_ref()).is_none()
+            && req.autoscaling.is_none()
+            && req.default_startup_timeout.is_none()
+            && req.default_idle_timeout.is_none();
+        if nothing {
+            return Err(AppError::bad_request(
+                "nothing to update: give at least one of replicas, minReplicas, maxReplicas, podCreationImagePolicy, overrides.image, autoscaling, defaultStartupTimeout, defaultIdleTimeout",
+            ));
+        }
+        if req.overrides.as_ref().is_some_and(|o| o.resource_multiplier.is_some() || o.image_pull_secret.is_some()) {
+            return Err(AppError::bad_request("only overrides.image can be changed after creation"));
+        }
+        for _ in 0..5 {
+            let cur = self.visible_pool(auth, name)?;
+            if cur.deleting {
+                return Err(AppError::conflict(format!("pool {name:?} is being deleted")));
+            }
+            let mut p = cur.clone();
+            if let Some(r) = req.replicas {
+                p.spec.replicas = r;
+            }
+            if req.min_replicas.is_some() {
+                p.spec.min_replicas = req.min_replicas;
+            }
+            if req.max_replicas.is_some() {
+                p.spec.max_replicas = req.max_replicas;
+            }
+            if let Some(pol) = req.pod_creation_image_policy {
+                p.spec.pod_creation_image_policy = pol;
+            }
+            if let Some(a) = &req.autoscaling {
+                p.spec.autoscaling = Some(a.clone());
+            }
+            if let Some(d) = req.default_startup_timeout {
+                p.spec.default_startup_timeout = Some(d).filter(|d| !d.is_zero());
+            }
+            if let Some(d) = req.default_idle_timeout {
+                p.spec.default_idle_timeout = Some(d).filter(|d| !d.is_zero());
+            }
+            if let Some(img) = req.overrides.as_ref().and_then(|o| o.image.clone()) {
+                validate::image_ref("overrides.image", &img)?;
+                p.overrides.image = Some(img.clone());
+                p.spec.template.containers[0].image = img;
+                validate::sandbox_spec(&p.spec.template)?;
+            }
+            validate_sizes(p.spec.replicas, p.spec.min_replicas, p.spec.max_replicas, p.spec.autoscaling.as_ref())?;
+            p.resource_version = cur.resource_version + 1;
+            match self.store.update_pool(&p, cur.resource_version) {
+                Ok(()) => {
+                    if let Some(rt) = self.pool_rt(&(p.namespace.clone(), p.name.clone())) {
+                        rt.wake.notify_one();
+                    }
+                    return self.pool_view(p);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::conflict(format!("pool {name:?} is changing concurrently; retry")))
+    }
+
+    /// Mark the pool Terminating; its reconciler destroys the slots and then the pool.
+    pub fn delete_pool(self: &Arc<Self>, auth: &AuthInfo, name: &str) -> Result<Pool, AppError> {
+        for _ in 0..5 {
+            let cur = self.visible_pool(auth, name)?;
+            if cur.deleting {
+                return Ok(cur);
+            }
+            let mut p = cur.clone();
+            p.deleting = true;
+            p.resource_version += 1;
+            match self.store.update_pool(&p, cur.resource_version) {
+                Ok(()) => {
+                    let rt = self.ensure_pool_rt(&p);
+                    for w in rt.queue.lock().drain_waiters() {
+                        drop(w);
+                    }
+                    rt.wake.notify_one();
+                    return Ok(p);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::conflict(format!("pool {name:?} is changing concurrently; retry")))
+    }
+
+    pub(crate) fn pool_view(&self, p: Pool) -> Result<PoolView, AppError> {
+        let counts = self.pool_counts(&p)?;
+        let phase = pool_phase(p.spec.replicas, &counts, p.deleting);
+        let diagnostics: Vec<PoolDiagnostic> = self
+            .store
+            .list_slots()?
+            .into_iter()
+            .filter(|s| s.pool == p.name && s.namespace == p.namespace && s.phase == SlotPhase::Failed)
+            .map(|s| PoolDiagnostic {
+                pod_name: s.slot_id,
+                phase: s.phase,
+                reason: s.failure_reason.unwrap_or_else(|| "Unknown".into()),
+                message: s.failure_message.unwrap_or_default(),
+            })
+            .collect();
+        let available = counts.idle > counts.unavailable_idle;
+        let conditions = vec![
+            PoolCondition {
+                kind: "Available".into(),
+                status: available,
+                reason: if available { "IdleSlotsAvailable" } else { "NoIdleSlotsAvailable" }.into(),
+            },
+            PoolCondition {
+                kind: "Scaling".into(),
+                status: matches!(phase, PoolPhase::ScalingUp | PoolPhase::ScalingDown),
+                reason: match phase {
+                    PoolPhase::ScalingUp => "ScalingUp",
+                    PoolPhase::ScalingDown => "ScalingDown",
+                    _ => "ReplicasReady",
+                }
+                .into(),
+            },
+            PoolCondition {
+                kind: "Degraded".into(),
+                status: counts.failed > 0 || counts.unavailable_idle > 0,
+                reason: if counts.failed > 0 { "FailedSlotsPresent" } else { "AllSlotsHealthy" }.into(),
+            },
+        ];
+        let r = validate::slot_resources(&p.spec.template.containers).unwrap_or_default();
+        Ok(PoolView {
+            overrides: redact(&p.overrides),
+            status: PoolStatus { phase, counts, conditions, diagnostics },
+            cpu: r.cpu_millis.map(format_cpu_millis),
+            memory: r.memory_bytes.map(format_memory_bytes),
+            name: p.name,
+            namespace: p.namespace,
+            team: p.team,
+            user: p.user,
+            spec: p.spec,
+            template_version: p.template_version,
+            labels: p.labels,
+            annotations: p.annotations,
+            created_at: p.created_at,
+            resource_version: p.resource_version,
+        })
+    }
+}
+

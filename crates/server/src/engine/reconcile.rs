@@ -1,0 +1,222 @@
+//! The per-pool reconciler: keeps `replicas` slots, replaces dead ones, fails sandboxes whose main
+//! container died, and finishes pool deletion. `reconcile_pool` is idempotent and does not care
+//! why it was woken.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use agentbox_core::backend::{BackendError, ContainerState, SlotSpec};
+use agentbox_core::model::{Pool, SandboxStatus, Slot, SlotPhase};
+use agentbox_core::reconcile::{Action, SlotView, decide};
+
+use super::{Engine, PoolRt, age_since, now};
+
+static SLOT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// `{pool}-{8 hex}`: unique, DNS-label safe, at most 63 characters.
+fn new_slot_id(pool: &str) -> String {
+    let r: u32 = rand::random::<u32>() ^ SLOT_SEQ.fetch_add(1, Ordering::Relaxed).rotate_left(20);
+    let prefix: String = pool.chars().take(54).collect();
+    format!("{prefix}-{r:08x}")
+}
+
+impl Engine {
+    pub(crate) async fn run_reconciler(self: Arc<Self>, rt: Arc<PoolRt>) {
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            match self.reconcile_pool(&rt).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.forget_pool_rt(&rt.key);
+                    tracing::info!(pool = %rt.key.1, namespace = %rt.key.0, "pool gone; reconciler stops");
+                    return;
+                }
+                Err(e) => tracing::warn!(pool = %rt.key.1, error = %e, "reconcile failed; will retry"),
+            }
+            tokio::select! {
+                _ = rt.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.reconcile_interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass. `Ok(false)` when the pool no longer exists.
+    pub(crate) async fn reconcile_pool(self: &Arc<Self>, rt: &Arc<PoolRt>) -> Result<bool, agentbox_core::error::AppError> {
+        let Some(pool) = self.store.get_pool(&rt.key.0, &rt.key.1)? else { return Ok(false) };
+        let slots: Vec<Slot> =
+            self.store.list_slots()?.into_iter().filter(|s| s.pool == pool.name && s.namespace == pool.namespace).collect();
+
+        // Health: idle slots whose container died are replaced; running sandboxes whose main
+        // container died are failed with the reason the backend saw.
+        for s in slots.iter().filter(|s| matches!(s.phase, SlotPhase::Idle | SlotPhase::Running)) {
+            let state = match self.backend.inspect(&s.slot_id).await {
+                Ok(obs) => obs.main().map(|c| c.state.clone()).unwrap_or(ContainerState::Missing),
+                Err(BackendError::SlotNotFound(_)) => ContainerState::Missing,
+                Err(e) => {
+                    tracing::warn!(slot = %s.slot_id, error = %e, "inspect failed");
+                    continue;
+                }
+            };
+            if state.is_running() {
+                continue;
+            }
+            let (reason, exit_code) = match &state {
+                ContainerState::Exited { oom_killed: true, exit_code } => ("OOMKilled", *exit_code),
+                ContainerState::Exited { exit_code, .. } => ("Error", *exit_code),
+                _ => ("ContainerMissing", None),
+            };
+            match s.phase {
+                SlotPhase::Idle => {
+                    if rt.queue.lock().remove_idle(&s.slot_id) {
+                        tracing::warn!(slot = %s.slot_id, reason, "idle slot died; replacing it");
+                        self.destroy_slot(s).await;
+                    }
+                }
+                _ => {
+                    let msg = match exit_code {
+                        Some(c) => format!("main container exited with code {c} ({reason})"),
+                        None => format!("main container is gone ({reason})"),
+                    };
+                    self.fail_sandbox(s, reason, msg, exit_code);
+                }
+            }
+        }
+
+        let slots: Vec<Slot> =
+            self.store.list_slots()?.into_iter().filter(|s| s.pool == pool.name && s.namespace == pool.namespace).collect();
+        let views: Vec<SlotView> = slots
+            .iter()
+            .map(|s| SlotView {
+                slot_id: s.slot_id.clone(),
+                phase: s.phase,
+                age_in_phase: match s.phase {
+                    SlotPhase::Idle => age_since(s.idle_since.as_deref()),
+                    _ => age_since(s.idle_since.as_deref().or(Some(&s.created_at))),
+                },
+            })
+            .collect();
+        let creating = slots.iter().filter(|s| s.phase == SlotPhase::Creating).count() as u32;
+        let budget = self.cfg.max_parallel_creates.saturating_sub(creating);
+        for action in decide(pool.spec.replicas, &views, pool.deleting, budget) {
+            match action {
+                Action::Create(n) => {
+                    for _ in 0..n {
+                        self.spawn_create_slot(&pool, rt);
+                    }
+                }
+                Action::Destroy(ids) => {
+                    for id in ids {
+                        let Some(s) = slots.iter().find(|s| s.slot_id == id) else { continue };
+                        match s.phase {
+                            // Only a slot we can still take out of the idle queue is ours to
+                            // destroy: otherwise a claim got it first.
+                            SlotPhase::Idle => {
+                                if !rt.queue.lock().remove_idle(&id) {
+                                    continue;
+                                }
+                                self.destroy_slot(s).await;
+                            }
+                            SlotPhase::Running => {
+                                if let Some(sb) = &s.sandbox_id {
+                                    let _ = self.release(
+                                        sb,
+                                        SandboxStatus::Released,
+                                        Some(("PoolDeleted", format!("pool {} was deleted", pool.name))),
+                                        None,
+                                    );
+                                }
+                            }
+                            _ => self.destroy_slot(s).await,
+                        }
+                    }
+                }
+            }
+        }
+        if pool.deleting && slots.is_empty() {
+            self.store.delete_pool(&pool.namespace, &pool.name)?;
+            tracing::info!(pool = %pool.name, "pool deleted");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub(crate) async fn destroy_slot(&self, s: &Slot) {
+        let lock = self.slot_lock(&s.slot_id);
+        let _g = lock.lock().await;
+        if let Err(e) = self.backend.destroy_slot(&s.slot_id).await {
+            tracing::warn!(slot = %s.slot_id, error = %e, "destroy failed; will retry");
+            return;
+        }
+        let _ = self.store.delete_slot(&s.slot_id);
+        drop(_g);
+        self.drop_slot_lock(&s.slot_id);
+    }
+
+    /// Record a new slot as Creating, create it in the backend, then make it Idle (or Failed with a
+    /// diagnostic) and hand it to a waiting request.
+    fn spawn_create_slot(self: &Arc<Self>, pool: &Pool, rt: &Arc<PoolRt>) {
+        let slot = Slot {
+            slot_id: new_slot_id(&pool.name),
+            pool: pool.name.clone(),
+            namespace: pool.namespace.clone(),
+            phase: SlotPhase::Creating,
+            sandbox_id: None,
+            images: Default::default(),
+            ip: None,
+            created_at: now(),
+            idle_since: None,
+            failure_reason: None,
+            failure_message: None,
+        };
+        if let Err(e) = self.store.put_slot(&slot) {
+            tracing::warn!(error = %e, "could not record a new slot");
+            return;
+        }
+        let spec = SlotSpec {
+            slot_id: slot.slot_id.clone(),
+            pool: pool.name.clone(),
+            namespace: pool.namespace.clone(),
+            runtime: pool.spec.template.runtime_class,
+            containers: pool.idle_containers(),
+            resources: agentbox_core::validate::slot_resources(&pool.spec.template.containers).unwrap_or_default(),
+            egress: pool.spec.template.egress,
+            registry_credentials: pool.overrides.image_pull_secret.clone().unwrap_or_default().registries,
+        };
+        let me = Arc::clone(self);
+        let rt = Arc::clone(rt);
+        tokio::spawn(async move {
+            let mut slot = slot;
+            match me.backend.create_slot(&spec).await {
+                Ok(obs) => {
+                    slot.phase = SlotPhase::Idle;
+                    slot.ip = obs.ip.clone();
+                    slot.images = obs.images();
+                    slot.idle_since = Some(now());
+                    if let Err(e) = me.store.put_slot(&slot) {
+                        tracing::warn!(slot = %slot.slot_id, error = %e, "could not record idle slot; destroying it");
+                        let _ = me.backend.destroy_slot(&slot.slot_id).await;
+                        let _ = me.store.delete_slot(&slot.slot_id);
+                        return;
+                    }
+                    rt.queue.lock().push_idle(slot.slot_id.clone());
+                    me.dispatch(&rt);
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        BackendError::Image { .. } => "ImagePullBackOff",
+                        _ => "CreateFailed",
+                    };
+                    tracing::warn!(slot = %slot.slot_id, reason, error = %e, "slot creation failed");
+                    let _ = me.backend.destroy_slot(&slot.slot_id).await;
+                    slot.phase = SlotPhase::Failed;
+                    slot.failure_reason = Some(reason.into());
+                    slot.failure_message = Some(e.to_string());
+                    slot.idle_since = Some(now());
+                    let _ = me.store.put_slot(&slot);
+                }
+            }
+            rt.wake.notify_one();
+        });
+    }
+}

@@ -1,0 +1,654 @@
+//! Sandboxes: claim (create), release (delete), read, exec.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentbox_core::backend::{BackendError, ExecRequest};
+use agentbox_core::duration::WireDuration;
+use agentbox_core::error::{AppError, AvailablePoolSummary, AvailablePoolsDetail, PoolStatusDetail};
+use agentbox_core::model::{ContainerSpec, Pool, Sandbox, SandboxEndpoint, SandboxStatus, Slot, SlotPhase};
+use agentbox_core::quantity::{format_cpu_millis, format_memory_bytes};
+use agentbox_core::store::{SandboxFilter, StoreError};
+use agentbox_core::validate;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{Engine, PoolRt, now};
+use crate::auth::AuthInfo;
+
+/// `POST /v1/sandboxes`
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Pool to claim from.
+    pub pool_name: String,
+    /// Replaces container 0's image (in-place image switch when it differs from what the slot runs).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Per-container images, by container name.
+    #[serde(default)]
+    pub container_images: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// How long to wait for an idle slot and the switch (request > pool default > 2m).
+    #[serde(default)]
+    pub startup_timeout: Option<WireDuration>,
+    /// Release the sandbox after this long without activity (request > pool default > none).
+    #[serde(default)]
+    pub idle_timeout: Option<WireDuration>,
+    /// `false`: answer 409 at once when no slot is idle instead of queueing.
+    #[serde(default)]
+    pub wait: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListSandboxesQuery {
+    pub pool_name: Option<String>,
+    /// Comma-separated statuses, e.g. `Running,Failed`.
+    pub status: Option<String>,
+    pub team: Option<String>,
+    pub user: Option<String>,
+    /// 1..=100, default 20.
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SandboxList {
+    pub items: Vec<Sandbox>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// A command: a shell string (run with `sh -c`) or an argv list.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ExecCommand {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+/// `POST /v1/sandboxes/{id}/exec`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecRequestBody {
+    pub command: ExecCommand,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// `uid[:gid]`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// 1..=300, default 30.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Text written to the command's stdin, then closed.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Container name (default: container 0).
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Answer of `DELETE /v1/sandboxes/{id}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteSandboxResult {
+    pub sandbox_id: String,
+    pub namespace: String,
+    pub pool_name: String,
+    pub pod_name: String,
+    pub status: SandboxStatus,
+}
+
+/// What a claim needs, resolved from the request and the pool before touching any slot.
+struct ClaimPlan {
+    pool: Pool,
+    targets: Vec<ContainerSpec>,
+    deadline: Instant,
+    startup_timeout: Duration,
+    idle_timeout: Option<Duration>,
+}
+
+impl Engine {
+    /// Claim a slot and answer once the sandbox is Running. Runs in its own task: if the caller
+    /// goes away before the answer, the sandbox is canceled and its slot recycled.
+    pub async fn create_sandbox(self: &Arc<Self>, auth: &AuthInfo, req: CreateSandboxRequest) -> Result<Sandbox, AppError> {
+        let plan = self.plan_claim(auth, &req)?;
+        let (tx, rx) = oneshot::channel::<Result<Sandbox, AppError>>();
+        let me = Arc::clone(self);
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            let res = me.claim(&auth, req, plan).await;
+            if let Err(Ok(sb)) = tx.send(res) {
+                // Nobody is listening any more: the client disconnected before its answer.
+                tracing::info!(sandbox_id = %sb.sandbox_id, "client went away before the answer; canceling");
+                let _ = me.release(&sb.sandbox_id, SandboxStatus::Canceled, Some(("ClientGone", "the client disconnected before the sandbox was returned".into())), None);
+            }
+        });
+        rx.await.map_err(|_| AppError::internal("claim task failed", "claim task dropped its answer"))?
+    }
+
+    fn plan_claim(&self, auth: &AuthInfo, req: &CreateSandboxRequest) -> Result<ClaimPlan, AppError> {
+        if req.pool_name.is_empty() {
+            return Err(AppError::bad_request("poolName is required: name the pool to claim a sandbox from"));
+        }
+        let pool = match self.store.get_pool(&auth.namespace, &req.pool_name)? {
+            Some(p) if !p.deleting && auth.may_use(&p.team, &p.user) => p,
+            _ => return Err(self.pool_not_found(auth, &req.pool_name)),
+        };
+        let mut targets = pool.spec.template.containers.clone();
+        if let Some(img) = &req.image {
+            validate::image_ref("image", img)?;
+            targets[0].image = img.clone();
+        }
+        for (name, img) in &req.container_images {
+            validate::image_ref(&format!("containerImages.{name}"), img)?;
+            let c = targets.iter_mut().find(|c| &c.name == name).ok_or_else(|| {
+                let names: Vec<_> = pool.spec.template.containers.iter().map(|c| c.name.as_str()).collect();
+                AppError::bad_request(format!("containerImages names unknown container {name:?}; the pool's containers are {names:?}"))
+            })?;
+            c.image = img.clone();
+        }
+        if targets[0].image == pool.spec.template.idle_image {
+            return Err(AppError::bad_request(format!(
+                "image {} is the pool's idle image; ask for a workload image (the pool default is {})",
+                targets[0].image, pool.spec.template.containers[0].image
+            )));
+        }
+        for (k, v) in req.labels.iter().chain(req.annotations.iter()) {
+            if k.is_empty() || k.len() > 253 || v.len() > 4096 {
+                return Err(AppError::bad_request(format!("label/annotation {k:?}: keys must be 1-253 characters, values at most 4096")));
+            }
+        }
+        let startup_timeout = req
+            .startup_timeout
+            .or(pool.spec.default_startup_timeout)
+            .map(|d| d.as_duration())
+            .unwrap_or(self.cfg.default_startup_timeout);
+        if startup_timeout.is_zero() {
+            return Err(AppError::bad_request("startupTimeout must be a positive duration such as \"30s\""));
+        }
+        let idle_timeout = req.idle_timeout.or(pool.spec.default_idle_timeout).map(|d| d.as_duration()).filter(|d| !d.is_zero());
+        Ok(ClaimPlan { pool, targets, deadline: Instant::now() + startup_timeout, startup_timeout, idle_timeout })
+    }
+
+    pub(crate) fn pool_not_found(&self, auth: &AuthInfo, name: &str) -> AppError {
+        let pools: Vec<AvailablePoolSummary> = self
+            .store
+            .list_pools(Some(&auth.namespace))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| !p.deleting && auth.may_use(&p.team, &p.user))
+            .map(|p| {
+                let c = self.pool_counts(&p).unwrap_or_default();
+                AvailablePoolSummary { name: p.name, namespace: p.namespace, idle: c.idle, running: c.running, starting: c.starting }
+            })
+            .collect();
+        let hint = if pools.is_empty() {
+            "No pools available for this namespace/team/user. Create one with POST /v1/sandboxpools before retrying."
+        } else {
+            "Pool not found. Pick a name from availablePools, or call POST /v1/sandboxpools first."
+        };
+        AppError::not_found(format!("pool {name:?} not found"))
+            .with_detail(&AvailablePoolsDetail { available_pools: pools, hint: Some(hint.into()) })
+    }
+
+    fn no_idle(&self, pool: &Pool, why: &str) -> AppError {
+        let c = self.pool_counts(pool).unwrap_or_default();
+        let retry = if c.stopping > 0 || c.creating > 0 { 1 } else { 5 };
+        let hint = if c.stopping > 0 || c.creating > 0 {
+            "slots are being recycled or created; retry shortly"
+        } else {
+            "all slots are in use; retry later or raise the pool's replicas"
+        };
+        AppError::conflict(format!("no idle sandbox in pool {:?} {why}", pool.name))
+            .with_detail(&PoolStatusDetail {
+                idle: c.idle,
+                running: c.running,
+                starting: c.starting,
+                stopping: c.stopping,
+                failed: c.failed,
+                hint: Some(hint.into()),
+                retry_after: Some(retry),
+            })
+            .with_retry_after(retry)
+    }
+
+    /// Take an idle slot id from the pool's queue, waiting until the deadline if allowed.
+    async fn take_slot(&self, rt: &PoolRt, plan: &ClaimPlan, wait: bool) -> Result<String, AppError> {
+        let (tx, mut rx) = oneshot::channel();
+        let ticket = {
+            let mut q = rt.queue.lock();
+            if let Some(s) = q.try_take() {
+                return Ok(s);
+            }
+            if !wait {
+                drop(q);
+                return Err(self.no_idle(&plan.pool, "right now (wait=false)"));
+            }
+            q.enqueue(tx).map_err(|_| {
+                AppError::too_many(format!("claim queue of pool {:?} is full; retry later", plan.pool.name)).with_retry_after(1)
+            })?
+        };
+        rt.wake.notify_one();
+        match tokio::time::timeout_at(plan.deadline.into(), &mut rx).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(self.no_idle(&plan.pool, "(the pool is being deleted)")),
+            Err(_) => {
+                let still_queued = rt.queue.lock().cancel(ticket);
+                if !still_queued {
+                    // Matched at the deadline: the slot is ours.
+                    if let Ok(slot) = rx.try_recv() {
+                        return Ok(slot);
+                    }
+                }
+                Err(self.no_idle(&plan.pool, &format!("within the startup timeout ({})", WireDuration(plan.startup_timeout))))
+            }
+        }
+    }
+
+    async fn claim(self: &Arc<Self>, auth: &AuthInfo, req: CreateSandboxRequest, plan: ClaimPlan) -> Result<Sandbox, AppError> {
+        let rt = self.ensure_pool_rt(&plan.pool);
+        let wait = req.wait.unwrap_or(true);
+        let (slot, mut sandbox, same_image) = loop {
+            let slot_id = self.take_slot(&rt, &plan, wait).await?;
+            let Some(slot) = self.store.get_slot(&slot_id)? else { continue };
+            if slot.phase != SlotPhase::Idle {
+                continue;
+            }
+            let targets: BTreeMap<String, String> =
+                plan.targets.iter().map(|c| (c.name.clone(), c.image.clone())).collect();
+            let same_image = slot.images == targets;
+            let now = now();
+            let resources = agentbox_core::validate::slot_resources(&plan.pool.spec.template.containers).unwrap_or_default();
+            let sandbox = Sandbox {
+                sandbox_id: uuid::Uuid::now_v7().to_string(),
+                namespace: auth.namespace.clone(),
+                team: auth.team.clone(),
+                user: auth.user.clone(),
+                pool_name: plan.pool.name.clone(),
+                pod_name: slot.slot_id.clone(),
+                metadata: req.metadata.clone(),
+                labels: req.labels.clone(),
+                annotations: req.annotations.clone(),
+                status: if same_image { SandboxStatus::Running } else { SandboxStatus::Starting },
+                container_images: targets,
+                container_id: None,
+                ip: slot.ip.clone(),
+                cpu: resources.cpu_millis.map(format_cpu_millis),
+                memory: resources.memory_bytes.map(format_memory_bytes),
+                claimed_at: now.clone(),
+                started_at: same_image.then(|| now.clone()),
+                terminated_at: None,
+                recycled_at: None,
+                failure_reason: None,
+                exit_code: None,
+                failure_message: None,
+                idle_timeout_seconds: plan.idle_timeout.map(|d| d.as_secs().max(1)),
+                startup_timeout_seconds: Some(plan.startup_timeout.as_secs().max(1)),
+                last_active_at: Some(now),
+                stop_reason: None,
+                duration_seconds: None,
+                status_detail: None,
+                endpoints: BTreeMap::new(),
+            };
+            let mut claimed = slot.clone();
+            claimed.phase = if same_image { SlotPhase::Running } else { SlotPhase::Starting };
+            claimed.sandbox_id = Some(sandbox.sandbox_id.clone());
+            claimed.idle_since = None;
+            match self.store.claim(&claimed, SlotPhase::Idle, &sandbox) {
+                Ok(()) => break (claimed, sandbox, same_image),
+                Err(StoreError::Conflict(m)) => {
+                    tracing::warn!(slot = %slot_id, "claim conflict, trying another slot: {m}");
+                    continue;
+                }
+                Err(e) => {
+                    rt.queue.lock().return_idle(slot_id);
+                    return Err(e.into());
+                }
+            }
+        };
+        tracing::info!(sandbox_id = %sandbox.sandbox_id, pool = %plan.pool.name, slot = %slot.slot_id, same_image, "claimed");
+        if same_image {
+            return Ok(self.decorate(sandbox));
+        }
+        // In-place image switch, in its own task so that a deadline never interrupts it half-way.
+        let me = Arc::clone(self);
+        let targets = plan.targets.clone();
+        let creds = plan.pool.overrides.image_pull_secret.clone().unwrap_or_default().registries;
+        let slot_id = slot.slot_id.clone();
+        let sandbox_id = sandbox.sandbox_id.clone();
+        let switch = tokio::spawn(async move {
+            let lock = me.slot_lock(&slot_id);
+            let _g = lock.lock().await;
+            me.backend.switch(&slot_id, &targets, &creds).await
+        });
+        let outcome = tokio::time::timeout_at(plan.deadline.into(), switch).await;
+        match outcome {
+            Ok(Ok(Ok(obs))) => {
+                // Re-read: a delete may have arrived while we switched.
+                let current = self.store.get_sandbox(&sandbox_id)?.unwrap_or(sandbox.clone());
+                if current.status != SandboxStatus::Starting {
+                    return Err(AppError::conflict(format!("sandbox {sandbox_id} was deleted while starting")));
+                }
+                let mut slot = self.store.get_slot(&slot.slot_id)?.unwrap_or(slot);
+                slot.phase = SlotPhase::Running;
+                slot.images = obs.images();
+                sandbox.status = SandboxStatus::Running;
+                sandbox.started_at = Some(now());
+                sandbox.container_id = obs.main().map(|c| c.container_id.clone());
+                sandbox.ip = obs.ip.clone().or(sandbox.ip);
+                self.store.put_slot_and_sandbox(&slot, &sandbox)?;
+                Ok(self.decorate(sandbox))
+            }
+            Ok(Ok(Err(e))) => {
+                let (reason, err) = match &e {
+                    BackendError::Image { .. } => ("ImagePullFailed", AppError::bad_request(format!("{e}; check the image name and the pool's imagePullSecret"))),
+                    _ => ("StartupFailed", AppError::internal("the sandbox failed to start", &e)),
+                };
+                tracing::warn!(sandbox_id = %sandbox_id, error = %e, "switch failed");
+                let _ = self.release(&sandbox_id, SandboxStatus::Failed, Some((reason, e.to_string())), None);
+                Err(err)
+            }
+            Ok(Err(join)) => {
+                let _ = self.release(&sandbox_id, SandboxStatus::Failed, Some(("StartupFailed", join.to_string())), None);
+                Err(AppError::internal("the sandbox failed to start", join))
+            }
+            Err(_) => {
+                let msg = format!("sandbox did not become Running within the startup timeout ({})", WireDuration(plan.startup_timeout));
+                let _ = self.release(&sandbox_id, SandboxStatus::Released, Some(("StartupTimeout", msg.clone())), None);
+                Err(AppError::unavailable(format!("{msg}; retry with a longer startupTimeout")))
+            }
+        }
+    }
+
+    /// Add the read-time fields.
+    pub(crate) fn decorate(&self, sb: Sandbox) -> Sandbox {
+        let mut sb = sb.with_duration(chrono::Utc::now());
+        if let (Some(base), false) = (&self.cfg.proxy_base_url, sb.status.is_terminal()) {
+            if let Ok(Some(pool)) = self.store.get_pool(&sb.namespace, &sb.pool_name) {
+                for r in &pool.spec.template.runtimes {
+                    if let Some(port) = r.port {
+                        sb.endpoints.insert(
+                            r.name.clone(),
+                            SandboxEndpoint { url: format!("{base}/sandboxes/{}/{port}", sb.sandbox_id), log_dir: r.log_dir.clone() },
+                        );
+                    }
+                }
+            }
+        }
+        sb
+    }
+
+    /// Load a sandbox the caller may see (404 otherwise).
+    pub(crate) fn visible_sandbox(&self, auth: &AuthInfo, id: &str) -> Result<Sandbox, AppError> {
+        match self.store.get_sandbox(id)? {
+            Some(sb) if auth.may_see(&sb.namespace, &sb.team, &sb.user) => Ok(sb),
+            _ => Err(AppError::not_found(format!("sandbox {id} not found"))),
+        }
+    }
+
+    pub fn get_sandbox(&self, auth: &AuthInfo, id: &str) -> Result<Sandbox, AppError> {
+        self.visible_sandbox(auth, id).map(|s| self.decorate(s))
+    }
+
+    pub fn list_sandboxes(&self, auth: &AuthInfo, q: &ListSandboxesQuery) -> Result<SandboxList, AppError> {
+        let limit = q.limit.unwrap_or(20);
+        if limit == 0 || limit > 100 {
+            return Err(AppError::bad_request(format!("limit {limit} is out of range: use 1..=100 and page with offset")));
+        }
+        let mut statuses = vec![];
+        if let Some(s) = &q.status {
+            for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                statuses.push(SandboxStatus::parse(part).ok_or_else(|| {
+                    let all: Vec<_> = SandboxStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    AppError::bad_request(format!("status {part:?} is unknown; use one or more of {}", all.join(",")))
+                })?);
+            }
+        }
+        let mut filter = SandboxFilter {
+            namespace: None,
+            pool: q.pool_name.clone(),
+            statuses,
+            team: q.team.clone(),
+            user: q.user.clone(),
+            limit,
+            offset: q.offset.unwrap_or(0),
+        };
+        auth.scope_filter(&mut filter);
+        let (items, total) = self.store.list_sandboxes(&filter)?;
+        Ok(SandboxList { items: items.into_iter().map(|s| self.decorate(s)).collect(), total, limit, offset: filter.offset })
+    }
+
+    /// `DELETE`: Stopping now, recycled in the background. 202.
+    pub fn delete_sandbox(self: &Arc<Self>, auth: &AuthInfo, id: &str) -> Result<DeleteSandboxResult, AppError> {
+        let sb = self.visible_sandbox(auth, id)?;
+        let reason = if sb.status == SandboxStatus::Starting && sb.started_at.is_none() {
+            SandboxStatus::Canceled
+        } else {
+            SandboxStatus::Completed
+        };
+        match sb.status {
+            SandboxStatus::Starting | SandboxStatus::Running => {
+                self.release(id, reason, None, None)?;
+            }
+            SandboxStatus::Stopping => {}
+            s => return Err(AppError::not_found(format!("sandbox {id} already ended ({}); nothing to delete", s.as_str()))),
+        }
+        Ok(DeleteSandboxResult {
+            sandbox_id: sb.sandbox_id,
+            namespace: sb.namespace,
+            pool_name: sb.pool_name,
+            pod_name: sb.pod_name,
+            status: SandboxStatus::Stopping,
+        })
+    }
+
+    /// Mark a live sandbox Stopping (ending in `end`) and recycle its slot in the background.
+    /// Idempotent: a sandbox already Stopping or ended is left alone.
+    pub(crate) fn release(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        end: SandboxStatus,
+        failure: Option<(&str, String)>,
+        exit_code: Option<i32>,
+    ) -> Result<(), AppError> {
+        let Some(mut sb) = self.store.get_sandbox(sandbox_id)? else { return Ok(()) };
+        if !matches!(sb.status, SandboxStatus::Starting | SandboxStatus::Running) {
+            return Ok(());
+        }
+        let Some(mut slot) = self.store.get_slot(&sb.pod_name)? else {
+            // The slot is gone (lost with its host state): end the sandbox right here.
+            sb.status = end;
+            sb.terminated_at = Some(now());
+            if let Some((r, m)) = failure {
+                sb.failure_reason = Some(r.into());
+                sb.failure_message = Some(m);
+            }
+            self.store.put_sandbox(&sb)?;
+            return Ok(());
+        };
+        sb.status = SandboxStatus::Stopping;
+        sb.stop_reason = Some(end);
+        sb.terminated_at = Some(now());
+        if let Some((r, m)) = failure {
+            sb.failure_reason = Some(r.into());
+            sb.failure_message = Some(m);
+        }
+        sb.exit_code = exit_code.or(sb.exit_code);
+        slot.phase = SlotPhase::Stopping;
+        self.store.put_slot_and_sandbox(&slot, &sb)?;
+        let me = Arc::clone(self);
+        let slot_id = slot.slot_id.clone();
+        tokio::spawn(async move { me.recycle(&slot_id).await });
+        Ok(())
+    }
+
+    /// Stopping → Idle: switch the slot back to the pool's idle containers (fresh writable layer),
+    /// finish the sandbox's history record, and hand the slot to the next waiter.
+    pub(crate) async fn recycle(self: &Arc<Self>, slot_id: &str) {
+        let lock = self.slot_lock(slot_id);
+        let _g = lock.lock().await;
+        let Ok(Some(mut slot)) = self.store.get_slot(slot_id) else { return };
+        if slot.phase != SlotPhase::Stopping {
+            return;
+        }
+        let sandbox = slot.sandbox_id.as_deref().and_then(|id| self.store.get_sandbox(id).ok().flatten());
+        let finish = |sb: &mut Sandbox| {
+            sb.status = sb.stop_reason.take().unwrap_or(SandboxStatus::Completed);
+            sb.recycled_at = Some(now());
+            if sb.terminated_at.is_none() {
+                sb.terminated_at = sb.recycled_at.clone();
+            }
+        };
+        let pool = self.store.get_pool(&slot.namespace, &slot.pool).ok().flatten().filter(|p| !p.deleting);
+        let switched = match &pool {
+            Some(p) => {
+                let creds = p.overrides.image_pull_secret.clone().unwrap_or_default().registries;
+                self.backend.switch(slot_id, &p.idle_containers(), &creds).await.map_err(|e| e.to_string())
+            }
+            None => Err("pool deleted".to_string()),
+        };
+        match switched {
+            Ok(obs) => {
+                slot.phase = SlotPhase::Idle;
+                slot.sandbox_id = None;
+                slot.images = obs.images();
+                slot.idle_since = Some(now());
+                let res = match sandbox {
+                    Some(mut sb) => {
+                        finish(&mut sb);
+                        self.store.put_slot_and_sandbox(&slot, &sb)
+                    }
+                    None => self.store.put_slot(&slot),
+                };
+                if let Err(e) = res {
+                    tracing::error!(slot = %slot_id, error = %e, "could not record recycled slot");
+                    return;
+                }
+                let p = pool.expect("pool exists when the switch ran");
+                if let Some(rt) = self.pool_rt(&(p.namespace.clone(), p.name.clone())) {
+                    rt.queue.lock().push_idle(slot_id.to_string());
+                    self.dispatch(&rt);
+                }
+                tracing::info!(slot = %slot_id, "recycled");
+            }
+            Err(e) => {
+                tracing::warn!(slot = %slot_id, error = %e, "recycle failed; destroying the slot");
+                if let Some(mut sb) = sandbox {
+                    finish(&mut sb);
+                    let _ = self.store.put_sandbox(&sb);
+                }
+                let _ = self.backend.destroy_slot(slot_id).await;
+                let _ = self.store.delete_slot(slot_id);
+                if let Some(p) = pool {
+                    if let Some(rt) = self.pool_rt(&(p.namespace.clone(), p.name.clone())) {
+                        rt.wake.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn exec(&self, auth: &AuthInfo, id: &str, body: ExecRequestBody) -> Result<ExecResult, AppError> {
+        let argv = match body.command {
+            ExecCommand::Shell(s) if !s.trim().is_empty() => vec!["/bin/sh".to_string(), "-c".to_string(), s],
+            ExecCommand::Argv(v) if !v.is_empty() && !v[0].is_empty() => v,
+            _ => return Err(AppError::bad_request("command is required: give a shell string or a non-empty argv list")),
+        };
+        let timeout = body.timeout_seconds.unwrap_or(30);
+        if !(1..=300).contains(&timeout) {
+            return Err(AppError::bad_request(format!("timeoutSeconds {timeout} is out of range: use 1..=300")));
+        }
+        if let Some(cwd) = &body.cwd {
+            if !cwd.starts_with('/') {
+                return Err(AppError::bad_request(format!("cwd {cwd:?} must be an absolute path")));
+            }
+        }
+        if let Some(u) = &body.user {
+            let ok = u.split(':').count() <= 2 && u.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+            if !ok {
+                return Err(AppError::bad_request(format!("user {u:?} must be numeric uid or uid:gid, e.g. \"1000:1000\"")));
+            }
+        }
+        let sb = self.visible_sandbox(auth, id)?;
+        if sb.status != SandboxStatus::Running {
+            return Err(AppError::conflict(format!(
+                "sandbox {id} is {}; exec needs a Running sandbox",
+                sb.status.as_str()
+            )));
+        }
+        let req = ExecRequest {
+            container: body.container,
+            argv,
+            env: body.env,
+            cwd: body.cwd,
+            user: body.user,
+            stdin: body.stdin.map(String::into_bytes),
+            timeout: Duration::from_secs(timeout),
+        };
+        let started = Instant::now();
+        let out = self.backend.exec(&sb.pod_name, &req).await?;
+        Ok(ExecResult {
+            exit_code: out.exit_code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            timed_out: out.timed_out,
+            truncated: out.truncated,
+        })
+    }
+
+    /// Fail a Running sandbox whose main container died, and recycle its slot.
+    pub(crate) fn fail_sandbox(self: &Arc<Self>, slot: &Slot, reason: &str, message: String, exit_code: Option<i32>) {
+        if let Some(id) = &slot.sandbox_id {
+            tracing::warn!(sandbox_id = %id, reason, "sandbox failed: {message}");
+            let _ = self.release(id, SandboxStatus::Failed, Some((reason, message)), exit_code);
+        }
+    }
+}
+
+impl Engine {
+    /// Container logs of a live sandbox.
+    pub async fn logs(
+        &self,
+        auth: &AuthInfo,
+        id: &str,
+        container: Option<&str>,
+        lines: usize,
+    ) -> Result<(Sandbox, Vec<agentbox_core::backend::LogLine>), AppError> {
+        let sb = self.visible_sandbox(auth, id)?;
+        if sb.status.is_terminal() {
+            return Err(AppError::not_found(format!(
+                "sandbox {id} already ended ({}); its container logs were discarded with its slot",
+                sb.status.as_str()
+            )));
+        }
+        let lines = self.backend.logs(&sb.pod_name, container, lines).await?;
+        Ok((sb, lines))
+    }
+}

@@ -1,0 +1,253 @@
+//! Engine behaviour against the in-memory store and fake backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbox_core::duration::WireDuration;
+use agentbox_core::error::ErrorKind;
+use agentbox_core::fake_backend::FakeBackend;
+use agentbox_core::fake_store::MemoryStore;
+use agentbox_core::model::{ContainerSpec, PodCreationImagePolicy, SandboxSpec, SandboxStatus, SlotPhase};
+use agentbox_core::store::Store;
+
+use super::*;
+use crate::auth::AuthInfo;
+
+struct Rig {
+    engine: Arc<Engine>,
+    store: Arc<MemoryStore>,
+    backend: Arc<FakeBackend>,
+}
+
+fn cfg() -> EngineConfig {
+    EngineConfig { reconcile_interval: Duration::from_millis(20), ..Default::default() }
+}
+
+async fn rig_with(store: Arc<MemoryStore>, backend: Arc<FakeBackend>) -> Rig {
+    let engine = Engine::new(store.clone(), backend.clone(), cfg());
+    engine.start().await.unwrap();
+    Rig { engine, store, backend }
+}
+
+async fn rig() -> Rig {
+    rig_with(Arc::new(MemoryStore::new()), Arc::new(FakeBackend::new())).await
+}
+
+fn pool_req(name: &str, replicas: u32, policy: PodCreationImagePolicy) -> CreatePoolRequest {
+    CreatePoolRequest {
+        name: name.into(),
+        template: Some(SandboxSpec {
+            idle_image: "pause".into(),
+            idle_command: vec![],
+            containers: vec![ContainerSpec { name: "main".into(), image: "host".into(), ..Default::default() }],
+            runtimes: vec![],
+            runtime_class: Default::default(),
+            egress: true,
+        }),
+        replicas: Some(replicas),
+        pod_creation_image_policy: Some(policy),
+        ..Default::default()
+    }
+}
+
+fn claim_req(pool: &str) -> CreateSandboxRequest {
+    CreateSandboxRequest { pool_name: pool.into(), startup_timeout: Some(WireDuration::from_secs(5)), ..Default::default() }
+}
+
+async fn wait_idle(r: &Rig, pool: &str, n: u32) {
+    let auth = AuthInfo::dev_admin();
+    for _ in 0..500 {
+        let v = r.engine.get_pool(&auth, pool).unwrap();
+        if v.status.counts.idle == n && v.status.counts.creating == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("pool {pool} never reached {n} idle slots: {:?}", r.engine.get_pool(&auth, pool).unwrap().status);
+}
+
+#[tokio::test]
+async fn warm_up_claim_same_image_and_release() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 2, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 2).await;
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    assert_eq!(sb.status, SandboxStatus::Running);
+    assert!(sb.started_at.is_some());
+    assert!(!r.backend.calls.lock().iter().any(|c| c.starts_with("switch")), "same image must not switch");
+    let out = r.engine.exec(&auth, &sb.sandbox_id, serde_json::from_str(r#"{"command":["echo","hi"]}"#).unwrap()).await.unwrap();
+    assert_eq!(out.stdout, "echo hi\n");
+    r.engine.delete_sandbox(&auth, &sb.sandbox_id).unwrap();
+    wait_idle(&r, "p", 2).await;
+    let done = r.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap();
+    assert_eq!(done.status, SandboxStatus::Completed);
+    assert!(done.recycled_at.is_some());
+    // Deleting again: the sandbox has ended.
+    assert_eq!(r.engine.delete_sandbox(&auth, &sb.sandbox_id).unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn image_switch_and_back_to_idle_image() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 1, PodCreationImagePolicy::IdleImage)).unwrap();
+    wait_idle(&r, "p", 1).await;
+    let mut req = claim_req("p");
+    req.image = Some("myimage:1".into());
+    let sb = r.engine.create_sandbox(&auth, req).await.unwrap();
+    assert_eq!(sb.status, SandboxStatus::Running);
+    assert_eq!(sb.container_images.get("main").map(String::as_str), Some("myimage:1"));
+    let slot = r.store.get_slot(&sb.pod_name).unwrap().unwrap();
+    assert_eq!(slot.images.get("main").map(String::as_str), Some("myimage:1"));
+    r.engine.delete_sandbox(&auth, &sb.sandbox_id).unwrap();
+    wait_idle(&r, "p", 1).await;
+    let slot = r.store.get_slot(&sb.pod_name).unwrap().unwrap();
+    assert_eq!(slot.images.get("main").map(String::as_str), Some("pause"));
+    assert_eq!(slot.sandbox_id, None);
+    let calls = r.backend.calls.lock().clone();
+    assert!(calls.contains(&format!("switch {} myimage:1", sb.pod_name)), "{calls:?}");
+    assert!(calls.contains(&format!("switch {} pause", sb.pod_name)), "{calls:?}");
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_share_a_slot() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 50, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 50).await;
+    let mut tasks = vec![];
+    for _ in 0..200 {
+        let e = Arc::clone(&r.engine);
+        tasks.push(tokio::spawn(async move {
+            let mut req = claim_req("p");
+            req.wait = Some(false);
+            e.create_sandbox(&AuthInfo::dev_admin(), req).await
+        }));
+    }
+    let mut ok = vec![];
+    let mut conflicts = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(sb) => ok.push(sb.pod_name),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+                assert!(e.retry_after.is_some());
+                conflicts += 1;
+            }
+        }
+    }
+    assert_eq!(ok.len(), 50);
+    assert_eq!(conflicts, 150);
+    ok.sort();
+    ok.dedup();
+    assert_eq!(ok.len(), 50, "a slot was handed out twice");
+}
+
+#[tokio::test]
+async fn waiting_claim_gets_the_next_recycled_slot() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 1, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 1).await;
+    let first = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    let e = Arc::clone(&r.engine);
+    let waiter = tokio::spawn(async move { e.create_sandbox(&AuthInfo::dev_admin(), claim_req("p")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished());
+    r.engine.delete_sandbox(&auth, &first.sandbox_id).unwrap();
+    let second = waiter.await.unwrap().unwrap();
+    assert_eq!(second.pod_name, first.pod_name);
+    // No slot left and no waiting allowed: 409 with the pool's counts.
+    let mut req = claim_req("p");
+    req.wait = Some(false);
+    let err = r.engine.create_sandbox(&auth, req).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    assert_eq!(err.detail.unwrap()["running"], 1);
+}
+
+#[tokio::test]
+async fn missing_pool_lists_available_pools() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("real", 0, PodCreationImagePolicy::IdleImage)).unwrap();
+    let err = r.engine.create_sandbox(&auth, claim_req("nope")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    assert_eq!(err.detail.unwrap()["availablePools"][0]["name"], "real");
+}
+
+#[tokio::test]
+async fn broken_image_shows_a_diagnostic() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    let mut req = pool_req("p", 1, PodCreationImagePolicy::PoolDefaultImage);
+    req.template.as_mut().unwrap().containers[0].image = "broken:1".into();
+    r.engine.create_pool(&auth, req).unwrap();
+    for _ in 0..200 {
+        let v = r.engine.get_pool(&auth, "p").unwrap();
+        if let Some(d) = v.status.diagnostics.first() {
+            assert_eq!(d.reason, "ImagePullBackOff");
+            assert_eq!(v.status.counts.failed, 1);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no diagnostic");
+}
+
+#[tokio::test]
+async fn dead_main_container_fails_the_sandbox() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 1, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 1).await;
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    r.backend.kill_main(&sb.pod_name, 137, true);
+    for _ in 0..200 {
+        let cur = r.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap();
+        if cur.status == SandboxStatus::Failed {
+            assert_eq!(cur.failure_reason.as_deref(), Some("OOMKilled"));
+            assert_eq!(cur.exit_code, Some(137));
+            wait_idle(&r, "p", 1).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sandbox never failed");
+}
+
+#[tokio::test]
+async fn restart_adopts_running_sandboxes_and_idle_slots() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 3, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 3).await;
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    r.engine.stop();
+    let creates_before = r.backend.calls.lock().iter().filter(|c| c.starts_with("create")).count();
+    let r2 = rig_with(r.store.clone(), r.backend.clone()).await;
+    let got = r2.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap();
+    assert_eq!(got.status, SandboxStatus::Running);
+    r2.engine.exec(&auth, &sb.sandbox_id, serde_json::from_str(r#"{"command":"true"}"#).unwrap()).await.unwrap();
+    wait_idle(&r2, "p", 2).await;
+    let second = r2.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    assert_ne!(second.pod_name, sb.pod_name);
+    let creates_after = r2.backend.calls.lock().iter().filter(|c| c.starts_with("create")).count();
+    assert_eq!(creates_before, creates_after, "recovery must adopt slots, not recreate them");
+    assert_eq!(r2.store.list_slots().unwrap().iter().filter(|s| s.phase == SlotPhase::Running).count(), 2);
+}
+
+#[tokio::test]
+async fn scale_down_removes_idle_slots_only() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 3, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 3).await;
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    r.engine
+        .update_pool(&auth, "p", UpdatePoolRequest { replicas: Some(0), ..Default::default() })
+        .unwrap();
+    wait_idle(&r, "p", 0).await;
+    assert_eq!(r.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap().status, SandboxStatus::Running);
+    assert_eq!(r.engine.get_pool(&auth, "p").unwrap().status.counts.running, 1);
+}
