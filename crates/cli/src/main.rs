@@ -1,1 +1,68 @@
-fn main() {}
+//! `agentbox`: the server (`agentbox serve`) and a client for its API.
+
+mod client;
+mod cmd;
+mod output;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agentbox", version, about = "Sandboxes for AI agents: warm pools, claimed in milliseconds")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded SQLite store + local container backend by default).
+    Serve(serve::ServeArgs),
+    /// Sandbox templates.
+    #[command(subcommand)]
+    Template(cmd::template::TemplateCmd),
+    /// Sandbox pools.
+    #[command(subcommand)]
+    Pool(cmd::pool::PoolCmd),
+    /// Sandboxes.
+    #[command(subcommand)]
+    Sandbox(cmd::sandbox::SandboxCmd),
+    /// Run a command in a sandbox: `agentbox exec ID -- cmd args...`.
+    Exec(cmd::sandbox::ExecArgs),
+    /// Images of the local backend.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCmd),
+    /// Measure claim, switch, exec and refill latency against a running server, with a cold `runc run` baseline.
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => serve::run(a).await,
+            Command::Template(c) => c.run().await,
+            Command::Pool(c) => c.run().await,
+            Command::Sandbox(c) => c.run().await,
+            Command::Exec(a) => a.run().await,
+            Command::Image(c) => c.run().await,
+            Command::Bench(a) => a.run().await,
+        }
+    });
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

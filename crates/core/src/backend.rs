@@ -66,10 +66,15 @@ pub struct ContainerObservation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum ContainerState {
-    Running { pid: i32 },
+    Running {
+        pid: i32,
+    },
     /// The container's init exited. `exit_code` is `None` when the status could not be collected
     /// (e.g. the process was adopted after a server restart and reaped by someone else).
-    Exited { exit_code: Option<i32>, oom_killed: bool },
+    Exited {
+        exit_code: Option<i32>,
+        oom_killed: bool,
+    },
     /// The runtime has no such container.
     Missing,
 }
@@ -143,11 +148,7 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Make sure `image` is available (pull and unpack it if needed). Idempotent and cached.
-    async fn prepare_image(
-        &self,
-        image: &str,
-        credentials: &[RegistryCredential],
-    ) -> Result<(), BackendError>;
+    async fn prepare_image(&self, image: &str, credentials: &[RegistryCredential]) -> Result<(), BackendError>;
 
     /// Create a slot and start its containers. On error nothing is left behind.
     async fn create_slot(&self, spec: &SlotSpec) -> Result<SlotObservation, BackendError>;
@@ -175,10 +176,5 @@ pub trait Backend: Send + Sync + 'static {
     async fn destroy_slot(&self, slot_id: &str) -> Result<(), BackendError>;
 
     /// The last `lines` lines (0 = all) of the stdout/stderr log of `container` (None = all).
-    async fn logs(
-        &self,
-        slot_id: &str,
-        container: Option<&str>,
-        lines: usize,
-    ) -> Result<Vec<LogLine>, BackendError>;
+    async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError>;
 }

@@ -91,7 +91,9 @@ impl From<StoreError> for AppError {
 impl From<BackendError> for AppError {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::SlotNotFound(_) | BackendError::ContainerNotFound { .. } => AppError::not_found(e.to_string()),
+            BackendError::SlotNotFound(_) | BackendError::ContainerNotFound { .. } => {
+                AppError::not_found(e.to_string())
+            }
             BackendError::NotRunning { .. } => AppError::conflict(e.to_string()),
             BackendError::Invalid(m) => AppError::bad_request(m),
             BackendError::Image { .. } => AppError::bad_request(e.to_string()),

@@ -26,10 +26,10 @@ impl FakeBackend {
     }
     /// Simulate the main container of a slot dying.
     pub fn kill_main(&self, slot_id: &str, exit_code: i32, oom: bool) {
-        if let Some(s) = self.slots.lock().get_mut(slot_id) {
-            if let Some(c) = s.containers.first_mut() {
-                c.state = ContainerState::Exited { exit_code: Some(exit_code), oom_killed: oom };
-            }
+        if let Some(s) = self.slots.lock().get_mut(slot_id)
+            && let Some(c) = s.containers.first_mut()
+        {
+            c.state = ContainerState::Exited { exit_code: Some(exit_code), oom_killed: oom };
         }
     }
     fn containers(&self, specs: &[ContainerSpec]) -> Vec<ContainerObservation> {

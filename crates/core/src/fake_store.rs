@@ -77,14 +77,7 @@ impl Store for MemoryStore {
         Ok(self.state.lock().pools.get(&(namespace.to_string(), name.to_string())).cloned())
     }
     fn list_pools(&self, namespace: Option<&str>) -> Result<Vec<Pool>, StoreError> {
-        Ok(self
-            .state
-            .lock()
-            .pools
-            .values()
-            .filter(|p| namespace.is_none_or(|n| n == p.namespace))
-            .cloned()
-            .collect())
+        Ok(self.state.lock().pools.values().filter(|p| namespace.is_none_or(|n| n == p.namespace)).cloned().collect())
     }
     fn delete_pool(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
         Ok(self.state.lock().pools.remove(&(namespace.to_string(), name.to_string())).is_some())
@@ -149,9 +142,8 @@ impl Store for MemoryStore {
     fn prune_history(&self, before: &str) -> Result<u64, StoreError> {
         let mut st = self.state.lock();
         let n = st.sandboxes.len();
-        st.sandboxes.retain(|_, s| {
-            !(s.status.is_terminal() && s.terminated_at.as_deref().unwrap_or(&s.claimed_at) < before)
-        });
+        st.sandboxes
+            .retain(|_, s| !(s.status.is_terminal() && s.terminated_at.as_deref().unwrap_or(&s.claimed_at) < before));
         Ok((n - st.sandboxes.len()) as u64)
     }
 }

@@ -15,6 +15,6 @@ pub mod store;
 pub mod validate;
 
 #[cfg(any(test, feature = "fake"))]
-pub mod fake_store;
-#[cfg(any(test, feature = "fake"))]
 pub mod fake_backend;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_store;

@@ -655,7 +655,12 @@ mod tests {
 
     #[test]
     fn idle_containers_follow_the_policy() {
-        let c = ContainerSpec { name: "main".into(), image: "host".into(), command: vec!["sleep".into()], ..Default::default() };
+        let c = ContainerSpec {
+            name: "main".into(),
+            image: "host".into(),
+            command: vec!["sleep".into()],
+            ..Default::default()
+        };
         let mut pool = Pool {
             name: "p".into(),
             namespace: "default".into(),

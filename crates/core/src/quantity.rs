@@ -8,7 +8,7 @@ pub fn parse_cpu_millis(s: &str) -> Result<u64, String> {
         return m.parse::<u64>().map_err(|_| bad());
     }
     let cores: f64 = s.parse().map_err(|_| bad())?;
-    if !cores.is_finite() || cores < 0.0 || cores > 1.0e6 {
+    if !cores.is_finite() || !(0.0..=1.0e6).contains(&cores) {
         return Err(bad());
     }
     Ok((cores * 1000.0).round() as u64)
@@ -31,11 +31,11 @@ pub fn parse_memory_bytes(s: &str) -> Result<u64, String> {
         ("", 1),
     ];
     for (suffix, mult) in units {
-        if let Some(num) = s.strip_suffix(suffix) {
-            if suffix.is_empty() || !num.is_empty() {
-                let n: u64 = num.parse().map_err(|_| bad())?;
-                return n.checked_mul(mult).ok_or_else(bad);
-            }
+        if let Some(num) = s.strip_suffix(suffix)
+            && (suffix.is_empty() || !num.is_empty())
+        {
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            return n.checked_mul(mult).ok_or_else(bad);
         }
     }
     Err(bad())
@@ -43,13 +43,13 @@ pub fn parse_memory_bytes(s: &str) -> Result<u64, String> {
 
 /// Format millicores the way Kubernetes prints them (`"500m"`, `"2"`).
 pub fn format_cpu_millis(m: u64) -> String {
-    if m % 1000 == 0 { format!("{}", m / 1000) } else { format!("{m}m") }
+    if m.is_multiple_of(1000) { format!("{}", m / 1000) } else { format!("{m}m") }
 }
 
 /// Format bytes with the largest exact binary unit (`"512Mi"`).
 pub fn format_memory_bytes(b: u64) -> String {
     for (suffix, mult) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if b >= mult && b % mult == 0 {
+        if b >= mult && b.is_multiple_of(mult) {
             return format!("{}{suffix}", b / mult);
         }
     }

@@ -59,9 +59,9 @@ pub fn decide(desired: u32, slots: &[SlotView], deleting: bool, max_create: u32)
     if total > desired {
         let mut excess = (total - desired) as usize;
         let mut failed: Vec<&&SlotView> = remaining.iter().filter(|s| s.phase == SlotPhase::Failed).collect();
-        failed.sort_by(|a, b| b.age_in_phase.cmp(&a.age_in_phase));
+        failed.sort_by_key(|s| std::cmp::Reverse(s.age_in_phase));
         let mut idle: Vec<&&SlotView> = remaining.iter().filter(|s| s.phase == SlotPhase::Idle).collect();
-        idle.sort_by(|a, b| b.age_in_phase.cmp(&a.age_in_phase));
+        idle.sort_by_key(|s| std::cmp::Reverse(s.age_in_phase));
         for s in failed.into_iter().chain(idle) {
             if excess == 0 {
                 break;

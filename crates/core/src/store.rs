@@ -279,7 +279,8 @@ pub mod conformance {
 
     fn listing(store: &dyn Store) {
         for i in 0..5 {
-            let mut s = sandbox(&format!("l{i}"), "x", SandboxStatus::Completed, &format!("2026-01-01T00:00:0{i}.000Z"));
+            let mut s =
+                sandbox(&format!("l{i}"), "x", SandboxStatus::Completed, &format!("2026-01-01T00:00:0{i}.000Z"));
             s.pool_name = if i % 2 == 0 { "even".into() } else { "odd".into() };
             s.terminated_at = Some(format!("2026-01-01T00:00:0{i}.000Z"));
             store.put_sandbox(&s).unwrap();

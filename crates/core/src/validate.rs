@@ -61,7 +61,8 @@ pub fn slot_resources(containers: &[ContainerSpec]) -> Result<Resources, AppErro
             r.cpu_millis = Some(r.cpu_millis.unwrap_or(0) + m);
         }
         if let Some(mem) = q(&c.resources.limits.memory, &c.resources.requests.memory) {
-            let b = parse_memory_bytes(&mem).map_err(|e| AppError::bad_request(format!("container {}: {e}", c.name)))?;
+            let b =
+                parse_memory_bytes(&mem).map_err(|e| AppError::bad_request(format!("container {}: {e}", c.name)))?;
             r.memory_bytes = Some(r.memory_bytes.unwrap_or(0) + b);
         }
         if let Some(p) = c.resources.limits.pids.or(c.resources.requests.pids) {

@@ -27,7 +27,13 @@ pub struct AuthInfo {
 impl AuthInfo {
     /// The identity of every caller in dev mode (no admin key configured).
     pub fn dev_admin() -> Self {
-        AuthInfo { namespace: "default".into(), role: Role::Admin, user: "anonymous-admin".into(), team: String::new(), auth_method: String::new() }
+        AuthInfo {
+            namespace: "default".into(),
+            role: Role::Admin,
+            user: "anonymous-admin".into(),
+            team: String::new(),
+            auth_method: String::new(),
+        }
     }
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin

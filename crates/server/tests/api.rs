@@ -170,7 +170,9 @@ async fn bad_input_gets_a_clear_4xx() {
         (
             "POST",
             "/v1/sandboxpools",
-            Some(r#"{"name":"q","replicas":999999,"template":{"idleImage":"pause","containers":[{"name":"main","image":"host"}]}}"#),
+            Some(
+                r#"{"name":"q","replicas":999999,"template":{"idleImage":"pause","containers":[{"name":"main","image":"host"}]}}"#,
+            ),
             400,
             "above the limit",
         ),
@@ -223,10 +225,12 @@ async fn exec_input_is_validated() {
 async fn templates_enforce_semver_and_resource_version() {
     let app = TestApp::new().await;
     let spec = json!({"version": "1.0.0", "idleImage": "pause", "containers": [{"name": "main", "image": "host"}]});
-    let (s, v, _) = app.call("POST", "/v1/admin/sandbox-templates", Some(&json!({"name": "t", "spec": spec}).to_string())).await;
+    let (s, v, _) =
+        app.call("POST", "/v1/admin/sandbox-templates", Some(&json!({"name": "t", "spec": spec}).to_string())).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["template"]["resourceVersion"], 1);
-    let (s, _, _) = app.call("POST", "/v1/admin/sandbox-templates", Some(&json!({"name": "t", "spec": spec}).to_string())).await;
+    let (s, _, _) =
+        app.call("POST", "/v1/admin/sandbox-templates", Some(&json!({"name": "t", "spec": spec}).to_string())).await;
     assert_eq!(s, StatusCode::CONFLICT);
     let same = json!({"spec": spec, "resourceVersion": 1});
     let (s, v, _) = app.call("PUT", "/v1/admin/sandbox-templates/t", Some(&same.to_string())).await;
@@ -234,17 +238,20 @@ async fn templates_enforce_semver_and_resource_version() {
     assert!(v["error"].as_str().unwrap().contains("must be greater"));
     let mut newer = spec.clone();
     newer["version"] = json!("1.1.0");
-    let (s, v, _) =
-        app.call("PUT", "/v1/admin/sandbox-templates/t", Some(&json!({"spec": newer, "resourceVersion": 1}).to_string())).await;
+    let (s, v, _) = app
+        .call("PUT", "/v1/admin/sandbox-templates/t", Some(&json!({"spec": newer, "resourceVersion": 1}).to_string()))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["template"]["resourceVersion"], 2);
     newer["version"] = json!("1.2.0");
-    let (s, v, _) =
-        app.call("PUT", "/v1/admin/sandbox-templates/t", Some(&json!({"spec": newer, "resourceVersion": 1}).to_string())).await;
+    let (s, v, _) = app
+        .call("PUT", "/v1/admin/sandbox-templates/t", Some(&json!({"spec": newer, "resourceVersion": 1}).to_string()))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v["error"].as_str().unwrap().contains("stale"));
     // A pool made from the template copies it and records the version.
-    let (s, v, _) = app.call("POST", "/v1/sandboxpools", Some(r#"{"name":"fromt","templateName":"t","replicas":0}"#)).await;
+    let (s, v, _) =
+        app.call("POST", "/v1/sandboxpools", Some(r#"{"name":"fromt","templateName":"t","replicas":0}"#)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["pool"]["templateVersion"], "1.1.0");
     let (s, v, _) = app.call("GET", "/v1/sandbox-templates", None).await;

@@ -25,7 +25,5 @@ pub(crate) fn decode(what: &str, e: serde_json::Error) -> StoreError {
 
 /// A value that does not fit SQLite's signed 64-bit integers.
 pub(crate) fn too_large(what: &str, v: u64) -> StoreError {
-    StoreError::Backend(format!(
-        "sqlite: {what}: resource version {v} exceeds the largest storable value"
-    ))
+    StoreError::Backend(format!("sqlite: {what}: resource version {v} exceeds the largest storable value"))
 }

@@ -67,9 +67,8 @@ pub(crate) fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<u32, Stor
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| backend("begin schema migration", e))?;
-    let current: u32 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| backend("read schema version", e))?;
+    let current: u32 =
+        tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| backend("read schema version", e))?;
     let target = u32::try_from(steps.len()).unwrap_or(u32::MAX);
     if current > target {
         return Err(StoreError::Backend(format!(
@@ -78,16 +77,13 @@ pub(crate) fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<u32, Stor
         )));
     }
     for (i, sql) in steps.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql)
-            .map_err(|e| backend(&format!("apply schema migration {}", i + 1), e))?;
+        tx.execute_batch(sql).map_err(|e| backend(&format!("apply schema migration {}", i + 1), e))?;
     }
     if current != target {
         // PRAGMA takes no bound parameters; `target` is an integer we computed.
-        tx.execute_batch(&format!("PRAGMA user_version = {target}"))
-            .map_err(|e| backend("write schema version", e))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {target}")).map_err(|e| backend("write schema version", e))?;
     }
-    tx.commit()
-        .map_err(|e| backend("commit schema migration", e))?;
+    tx.commit().map_err(|e| backend("commit schema migration", e))?;
     Ok(current)
 }
 
@@ -96,8 +92,7 @@ mod tests {
     use super::*;
 
     fn version(conn: &Connection) -> u32 {
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap()
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
     }
 
     #[test]
@@ -120,17 +115,12 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         // Each step would fail if run twice (CREATE TABLE without IF NOT EXISTS).
         let v1: &[&str] = &["CREATE TABLE a (x INTEGER); INSERT INTO a VALUES (1);"];
-        let v2: &[&str] = &[
-            v1[0],
-            "CREATE TABLE b (y INTEGER); INSERT INTO a VALUES (2);",
-        ];
+        let v2: &[&str] = &[v1[0], "CREATE TABLE b (y INTEGER); INSERT INTO a VALUES (2);"];
         assert_eq!(migrate(&mut conn, v1).unwrap(), 0);
         assert_eq!(migrate(&mut conn, v1).unwrap(), 1, "no step left to apply");
         assert_eq!(migrate(&mut conn, v2).unwrap(), 1);
         assert_eq!(version(&conn), 2);
-        let rows: i64 = conn
-            .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
-            .unwrap();
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 2, "step 1 ran once, step 2 ran once");
     }
 
@@ -139,18 +129,9 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         let steps: &[&str] = &["CREATE TABLE a (x INTEGER);", "THIS IS NOT SQL;"];
         let err = migrate(&mut conn, steps).unwrap_err();
-        assert!(
-            err.to_string().contains("apply schema migration 2"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("apply schema migration 2"), "{err}");
         assert_eq!(version(&conn), 0);
-        let n: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'a'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'a'", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "step 1 was rolled back with step 2");
     }
 
@@ -159,11 +140,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("PRAGMA user_version = 99").unwrap();
         let err = migrate(&mut conn, MIGRATIONS).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("newer than this agentbox supports"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("newer than this agentbox supports"), "{err}");
         assert_eq!(version(&conn), 99);
     }
 }

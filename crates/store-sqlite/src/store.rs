@@ -43,9 +43,7 @@ pub struct SqliteStore {
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -65,15 +63,13 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let conn =
-            Connection::open(path).map_err(|e| backend(&format!("open {}", path.display()), e))?;
+        let conn = Connection::open(path).map_err(|e| backend(&format!("open {}", path.display()), e))?;
         Self::init(conn, Some(path.to_path_buf()))
     }
 
     /// A private database in memory, gone when the store is dropped. For tests.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let conn =
-            Connection::open_in_memory().map_err(|e| backend("open in-memory database", e))?;
+        let conn = Connection::open_in_memory().map_err(|e| backend("open in-memory database", e))?;
         Self::init(conn, None)
     }
 
@@ -83,8 +79,7 @@ impl SqliteStore {
     }
 
     fn init(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| backend("set busy timeout", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("set busy timeout", e))?;
         if let Some(p) = &path {
             let mode: String = conn
                 .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
@@ -96,16 +91,11 @@ impl SqliteStore {
                 )));
             }
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| backend("set synchronous=NORMAL", e))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(|e| backend("enable foreign keys", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| backend("set synchronous=NORMAL", e))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| backend("enable foreign keys", e))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn, MIGRATIONS)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            path,
-        })
+        Ok(Self { conn: Mutex::new(conn), path })
     }
 }
 
@@ -125,9 +115,7 @@ fn query_json<T: DeserializeOwned>(
     args: impl rusqlite::Params,
 ) -> Result<Vec<T>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(|e| backend(what, e))?;
-    let rows = stmt
-        .query_map(args, |r| r.get::<_, String>(0))
-        .map_err(|e| backend(what, e))?;
+    let rows = stmt.query_map(args, |r| r.get::<_, String>(0)).map_err(|e| backend(what, e))?;
     let mut out = Vec::new();
     for row in rows {
         let json = row.map_err(|e| backend(what, e))?;
@@ -146,19 +134,11 @@ fn query_one_json<T: DeserializeOwned>(
         .prepare_cached(sql)
         .and_then(|mut s| s.query_row(args, |r| r.get(0)).optional())
         .map_err(|e| backend(what, e))?;
-    json.map(|j| serde_json::from_str(&j).map_err(|e| decode(what, e)))
-        .transpose()
+    json.map(|j| serde_json::from_str(&j).map_err(|e| decode(what, e))).transpose()
 }
 
-fn exec(
-    conn: &Connection,
-    what: &str,
-    sql: &str,
-    args: impl rusqlite::Params,
-) -> Result<usize, StoreError> {
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.execute(args))
-        .map_err(|e| backend(what, e))
+fn exec(conn: &Connection, what: &str, sql: &str, args: impl rusqlite::Params) -> Result<usize, StoreError> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute(args)).map_err(|e| backend(what, e))
 }
 
 fn write_slot(conn: &Connection, s: &Slot) -> Result<(), StoreError> {
@@ -225,11 +205,7 @@ fn sandbox_where(f: &SandboxFilter) -> (String, Vec<Value>) {
         }
         conds.push(format!("status IN ({})", marks.join(", ")));
     }
-    let clause = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
+    let clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
     (clause, args)
 }
 
@@ -243,10 +219,7 @@ impl Store for SqliteStore {
             params![t.name, rv(&what, t.resource_version)?, to_json(&what, t)?],
         )?;
         if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "template {:?} exists",
-                t.name
-            )));
+            return Err(StoreError::Conflict(format!("template {:?} exists", t.name)));
         }
         Ok(())
     }
@@ -254,19 +227,12 @@ impl Store for SqliteStore {
     fn update_template(&self, t: &Template, expected_rv: u64) -> Result<(), StoreError> {
         let what = format!("update template {:?}", t.name);
         let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| backend(&what, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| backend(&what, e))?;
         let n = exec(
             &tx,
             &what,
             "UPDATE templates SET resource_version = ?2, json = ?3 WHERE name = ?1 AND resource_version = ?4",
-            params![
-                t.name,
-                rv(&what, t.resource_version)?,
-                to_json(&what, t)?,
-                rv(&what, expected_rv)?
-            ],
+            params![t.name, rv(&what, t.resource_version)?, to_json(&what, t)?, rv(&what, expected_rv)?],
         )?;
         if n == 0 {
             let exists = tx
@@ -274,10 +240,7 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.exists([&t.name]))
                 .map_err(|e| backend(&what, e))?;
             return Err(if exists {
-                StoreError::Conflict(format!(
-                    "template {:?} changed; read it again and retry",
-                    t.name
-                ))
+                StoreError::Conflict(format!("template {:?} changed; read it again and retry", t.name))
             } else {
                 StoreError::NotFound(format!("template {:?}", t.name))
             });
@@ -295,12 +258,7 @@ impl Store for SqliteStore {
     }
 
     fn list_templates(&self) -> Result<Vec<Template>, StoreError> {
-        query_json(
-            &self.conn.lock(),
-            "list templates",
-            "SELECT json FROM templates ORDER BY name",
-            [],
-        )
+        query_json(&self.conn.lock(), "list templates", "SELECT json FROM templates ORDER BY name", [])
     }
 
     fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
@@ -320,18 +278,10 @@ impl Store for SqliteStore {
             &what,
             "INSERT INTO pools (namespace, name, resource_version, json) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (namespace, name) DO NOTHING",
-            params![
-                p.namespace,
-                p.name,
-                rv(&what, p.resource_version)?,
-                to_json(&what, p)?
-            ],
+            params![p.namespace, p.name, rv(&what, p.resource_version)?, to_json(&what, p)?],
         )?;
         if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "pool {}/{} exists",
-                p.namespace, p.name
-            )));
+            return Err(StoreError::Conflict(format!("pool {}/{} exists", p.namespace, p.name)));
         }
         Ok(())
     }
@@ -339,21 +289,13 @@ impl Store for SqliteStore {
     fn update_pool(&self, p: &Pool, expected_rv: u64) -> Result<(), StoreError> {
         let what = format!("update pool {}/{}", p.namespace, p.name);
         let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| backend(&what, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| backend(&what, e))?;
         let n = exec(
             &tx,
             &what,
             "UPDATE pools SET resource_version = ?3, json = ?4
              WHERE namespace = ?1 AND name = ?2 AND resource_version = ?5",
-            params![
-                p.namespace,
-                p.name,
-                rv(&what, p.resource_version)?,
-                to_json(&what, p)?,
-                rv(&what, expected_rv)?
-            ],
+            params![p.namespace, p.name, rv(&what, p.resource_version)?, to_json(&what, p)?, rv(&what, expected_rv)?],
         )?;
         if n == 0 {
             let exists = tx
@@ -361,10 +303,7 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.exists([&p.namespace, &p.name]))
                 .map_err(|e| backend(&what, e))?;
             return Err(if exists {
-                StoreError::Conflict(format!(
-                    "pool {}/{} changed; read it again and retry",
-                    p.namespace, p.name
-                ))
+                StoreError::Conflict(format!("pool {}/{} changed; read it again and retry", p.namespace, p.name))
             } else {
                 StoreError::NotFound(format!("pool {}/{}", p.namespace, p.name))
             });
@@ -390,12 +329,7 @@ impl Store for SqliteStore {
                 "SELECT json FROM pools WHERE namespace = ?1 ORDER BY namespace, name",
                 [ns],
             ),
-            None => query_json(
-                &conn,
-                "list pools",
-                "SELECT json FROM pools ORDER BY namespace, name",
-                [],
-            ),
+            None => query_json(&conn, "list pools", "SELECT json FROM pools ORDER BY namespace, name", []),
         }
     }
 
@@ -423,35 +357,20 @@ impl Store for SqliteStore {
     }
 
     fn list_slots(&self) -> Result<Vec<Slot>, StoreError> {
-        query_json(
-            &self.conn.lock(),
-            "list slots",
-            "SELECT json FROM slots ORDER BY slot_id",
-            [],
-        )
+        query_json(&self.conn.lock(), "list slots", "SELECT json FROM slots ORDER BY slot_id", [])
     }
 
     fn delete_slot(&self, slot_id: &str) -> Result<(), StoreError> {
-        exec(
-            &self.conn.lock(),
-            &format!("delete slot {slot_id}"),
-            "DELETE FROM slots WHERE slot_id = ?1",
-            [slot_id],
-        )?;
+        exec(&self.conn.lock(), &format!("delete slot {slot_id}"), "DELETE FROM slots WHERE slot_id = ?1", [slot_id])?;
         Ok(())
     }
 
     fn claim(&self, slot: &Slot, expected: SlotPhase, sandbox: &Sandbox) -> Result<(), StoreError> {
-        let what = format!(
-            "claim slot {} for sandbox {}",
-            slot.slot_id, sandbox.sandbox_id
-        );
+        let what = format!("claim slot {} for sandbox {}", slot.slot_id, sandbox.sandbox_id);
         let mut conn = self.conn.lock();
         // IMMEDIATE takes the write lock up front: another process cannot change the slot between
         // our phase check and our write.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| backend(&what, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| backend(&what, e))?;
         let phase: Option<String> = tx
             .prepare_cached("SELECT phase FROM slots WHERE slot_id = ?1")
             .and_then(|mut s| s.query_row([&slot.slot_id], |r| r.get(0)).optional())
@@ -459,10 +378,7 @@ impl Store for SqliteStore {
         match phase {
             None => return Err(StoreError::NotFound(format!("slot {}", slot.slot_id))),
             Some(p) if p != expected.as_str() => {
-                return Err(StoreError::Conflict(format!(
-                    "slot {} is {p}",
-                    slot.slot_id
-                )));
+                return Err(StoreError::Conflict(format!("slot {} is {p}", slot.slot_id)));
             }
             Some(_) => {}
         }
@@ -471,10 +387,7 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.exists([&sandbox.sandbox_id]))
             .map_err(|e| backend(&what, e))?;
         if taken {
-            return Err(StoreError::Conflict(format!(
-                "sandbox {} exists",
-                sandbox.sandbox_id
-            )));
+            return Err(StoreError::Conflict(format!("sandbox {} exists", sandbox.sandbox_id)));
         }
         write_slot(&tx, slot)?;
         write_sandbox(&tx, sandbox)?;
@@ -482,14 +395,9 @@ impl Store for SqliteStore {
     }
 
     fn put_slot_and_sandbox(&self, slot: &Slot, sandbox: &Sandbox) -> Result<(), StoreError> {
-        let what = format!(
-            "write slot {} and sandbox {}",
-            slot.slot_id, sandbox.sandbox_id
-        );
+        let what = format!("write slot {} and sandbox {}", slot.slot_id, sandbox.sandbox_id);
         let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| backend(&what, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| backend(&what, e))?;
         write_slot(&tx, slot)?;
         write_sandbox(&tx, sandbox)?;
         tx.commit().map_err(|e| backend(&what, e))
@@ -519,11 +427,7 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.query_row(params_from_iter(&args), |r| r.get(0)))
             .map_err(|e| backend(what, e))?;
         // SQLite reads a negative LIMIT as "no limit".
-        args.push(Value::Integer(if filter.limit == 0 {
-            -1
-        } else {
-            i64::from(filter.limit)
-        }));
+        args.push(Value::Integer(if filter.limit == 0 { -1 } else { i64::from(filter.limit) }));
         args.push(Value::Integer(i64::from(filter.offset)));
         let n = args.len();
         let sql = format!(
@@ -535,27 +439,16 @@ impl Store for SqliteStore {
         Ok((items, u64::try_from(total).unwrap_or(0)))
     }
 
-    fn count_sandboxes(
-        &self,
-        namespace: Option<&str>,
-    ) -> Result<BTreeMap<SandboxStatus, u64>, StoreError> {
+    fn count_sandboxes(&self, namespace: Option<&str>) -> Result<BTreeMap<SandboxStatus, u64>, StoreError> {
         let what = "count sandboxes";
         let conn = self.conn.lock();
         let (sql, args): (&str, Vec<&str>) = match namespace {
-            Some(ns) => (
-                "SELECT status, COUNT(*) FROM sandboxes WHERE namespace = ?1 GROUP BY status",
-                vec![ns],
-            ),
-            None => (
-                "SELECT status, COUNT(*) FROM sandboxes GROUP BY status",
-                vec![],
-            ),
+            Some(ns) => ("SELECT status, COUNT(*) FROM sandboxes WHERE namespace = ?1 GROUP BY status", vec![ns]),
+            None => ("SELECT status, COUNT(*) FROM sandboxes GROUP BY status", vec![]),
         };
         let mut stmt = conn.prepare_cached(sql).map_err(|e| backend(what, e))?;
         let rows = stmt
-            .query_map(params_from_iter(args), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
+            .query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .map_err(|e| backend(what, e))?;
         let mut out = BTreeMap::new();
         for row in rows {
@@ -581,12 +474,7 @@ impl Store for SqliteStore {
             "DELETE FROM sandboxes WHERE status IN ({}) AND COALESCE(terminated_at, claimed_at) < ?1",
             marks.join(", ")
         );
-        let n = exec(
-            &self.conn.lock(),
-            &format!("prune history before {before}"),
-            &sql,
-            params_from_iter(args),
-        )?;
+        let n = exec(&self.conn.lock(), &format!("prune history before {before}"), &sql, params_from_iter(args))?;
         Ok(n as u64)
     }
 }
@@ -600,18 +488,11 @@ mod tests {
         let f = SandboxFilter {
             namespace: Some("ns".into()),
             user: Some("bob".into()),
-            statuses: vec![
-                SandboxStatus::Running,
-                SandboxStatus::Starting,
-                SandboxStatus::Running,
-            ],
+            statuses: vec![SandboxStatus::Running, SandboxStatus::Starting, SandboxStatus::Running],
             ..Default::default()
         };
         let (clause, args) = sandbox_where(&f);
-        assert_eq!(
-            clause,
-            " WHERE namespace = ?1 AND user = ?2 AND status IN (?3, ?4)"
-        );
+        assert_eq!(clause, " WHERE namespace = ?1 AND user = ?2 AND status IN (?3, ?4)");
         let texts: Vec<_> = args
             .iter()
             .map(|v| match v {
@@ -642,9 +523,7 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         let mut t = agentbox_core::store::conformance::template("big", "1.0.0");
         t.resource_version = u64::MAX;
-        assert!(
-            matches!(store.create_template(&t), Err(StoreError::Backend(m)) if m.contains("exceeds"))
-        );
+        assert!(matches!(store.create_template(&t), Err(StoreError::Backend(m)) if m.contains("exceeds")));
         assert!(store.get_template("big").unwrap().is_none());
     }
 
@@ -664,9 +543,6 @@ mod tests {
             .unwrap();
         let plan = plan.join("; ");
         assert!(plan.contains("sandboxes_by_pool"), "{plan}");
-        assert!(
-            !plan.contains("TEMP B-TREE"),
-            "ordering should come from the index: {plan}"
-        );
+        assert!(!plan.contains("TEMP B-TREE"), "ordering should come from the index: {plan}");
     }
 }

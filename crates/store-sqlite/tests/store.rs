@@ -43,10 +43,7 @@ fn open_creates_missing_parent_directories_and_uses_wal() {
     assert_eq!(store.path(), Some(path.as_path()));
     store.put_slot(&slot("s", SlotPhase::Idle)).unwrap();
     assert!(path.is_file());
-    assert!(
-        dir.path().join("a/b/agentbox.db-wal").is_file(),
-        "a write in wal mode creates the -wal file"
-    );
+    assert!(dir.path().join("a/b/agentbox.db-wal").is_file(), "a write in wal mode creates the -wal file");
 }
 
 #[test]
@@ -73,9 +70,7 @@ fn data_survives_drop_and_reopen() {
         store.create_template(&tpl).unwrap();
         store.create_pool(&p).unwrap();
         store.put_slot(&s).unwrap();
-        store
-            .claim(&claimed(&s, "sb1"), SlotPhase::Idle, &sb)
-            .unwrap();
+        store.claim(&claimed(&s, "sb1"), SlotPhase::Idle, &sb).unwrap();
     }
     // The second open must find the schema current (re-running step 1 would fail on CREATE TABLE)
     // and every object intact.
@@ -86,11 +81,7 @@ fn data_survives_drop_and_reopen() {
     assert_eq!(store.get_sandbox("sb1").unwrap().unwrap(), sb);
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(
-        store.list_slots().unwrap().len(),
-        1,
-        "third open keeps the data too"
-    );
+    assert_eq!(store.list_slots().unwrap().len(), 1, "third open keeps the data too");
 }
 
 /// Race `n` claims of one idle slot, each with its own sandbox id, through `stores[i % len]`.
@@ -108,10 +99,7 @@ fn race_claims(stores: &[Arc<SqliteStore>], n: usize) -> String {
                 let id = format!("sb-{i}");
                 let sb = sandbox(&id, "race", SandboxStatus::Starting, &now_rfc3339());
                 barrier.wait();
-                (
-                    id.clone(),
-                    store.claim(&claimed(&s, &id), SlotPhase::Idle, &sb),
-                )
+                (id.clone(), store.claim(&claimed(&s, &id), SlotPhase::Idle, &sb))
             })
         })
         .collect();
@@ -146,9 +134,7 @@ fn racing_claims_through_separate_connections_have_one_winner() {
     // the busy timeout keep them apart.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agentbox.db");
-    let stores: Vec<_> = (0..8)
-        .map(|_| Arc::new(SqliteStore::open(&path).unwrap()))
-        .collect();
+    let stores: Vec<_> = (0..8).map(|_| Arc::new(SqliteStore::open(&path).unwrap())).collect();
     race_claims(&stores, 8);
 }
 
@@ -169,20 +155,11 @@ fn claim_survives_sigkill_of_the_process() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agentbox.db");
-    SqliteStore::open(&path)
-        .unwrap()
-        .put_slot(&slot("k-1", SlotPhase::Idle))
-        .unwrap();
+    SqliteStore::open(&path).unwrap().put_slot(&slot("k-1", SlotPhase::Idle)).unwrap();
 
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
-        .args([
-            "--exact",
-            "sigkill_child_helper",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "sigkill_child_helper", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_DB_ENV, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -190,28 +167,18 @@ fn claim_survives_sigkill_of_the_process() {
         .unwrap();
     let mut child = KillOnDrop(child);
     let stdout = child.0.stdout.take().unwrap();
-    let saw_marker = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains(CHILD_MARKER));
+    let saw_marker = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains(CHILD_MARKER));
     assert!(saw_marker, "child exited before reporting its claim");
     // SIGKILL: no destructors, no connection close, no checkpoint.
     child.0.kill().unwrap();
     let status = child.0.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "child should die by SIGKILL, got {status:?}"
-    );
+    assert_eq!(status.signal(), Some(9), "child should die by SIGKILL, got {status:?}");
 
     let store = SqliteStore::open(&path).unwrap();
     let got = store.get_slot("k-1").unwrap().unwrap();
     assert_eq!(got.phase, SlotPhase::Starting);
     assert_eq!(got.sandbox_id.as_deref(), Some("killed-sb"));
-    assert_eq!(
-        store.get_sandbox("killed-sb").unwrap().unwrap().status,
-        SandboxStatus::Starting
-    );
+    assert_eq!(store.get_sandbox("killed-sb").unwrap().unwrap().status, SandboxStatus::Starting);
 }
 
 /// Child half of `claim_survives_sigkill_of_the_process`: claims, reports, then waits to be killed.
@@ -219,20 +186,13 @@ fn claim_survives_sigkill_of_the_process() {
 #[ignore = "child-process helper; run by claim_survives_sigkill_of_the_process"]
 fn sigkill_child_helper() {
     let Some(path) = std::env::var_os(CHILD_DB_ENV) else {
-        println!(
-            "skipped: {CHILD_DB_ENV} is unset; this helper only runs as a child of another test"
-        );
+        println!("skipped: {CHILD_DB_ENV} is unset; this helper only runs as a child of another test");
         return;
     };
     let store = SqliteStore::open(Path::new(&path)).unwrap();
-    let s = store
-        .get_slot("k-1")
-        .unwrap()
-        .expect("parent created slot k-1");
+    let s = store.get_slot("k-1").unwrap().expect("parent created slot k-1");
     let sb = sandbox("killed-sb", "k-1", SandboxStatus::Starting, &now_rfc3339());
-    store
-        .claim(&claimed(&s, "killed-sb"), SlotPhase::Idle, &sb)
-        .unwrap();
+    store.claim(&claimed(&s, "killed-sb"), SlotPhase::Idle, &sb).unwrap();
     // libtest may have printed "test ... " on this line already; the parent matches a substring.
     println!("{CHILD_MARKER}");
     // Bounded, so an orphaned child (parent died) still exits.
@@ -246,9 +206,7 @@ fn claim_cost_on_a_file_database_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("agentbox.db")).unwrap();
     const N: usize = 500;
-    let slots: Vec<_> = (0..N)
-        .map(|i| slot(&format!("t-{i}"), SlotPhase::Idle))
-        .collect();
+    let slots: Vec<_> = (0..N).map(|i| slot(&format!("t-{i}"), SlotPhase::Idle)).collect();
     for s in &slots {
         store.put_slot(s).unwrap();
     }
@@ -260,19 +218,12 @@ fn claim_cost_on_a_file_database_is_reported() {
         store.claim(&claimed(s, &id), SlotPhase::Idle, &sb).unwrap();
         times.push(t.elapsed());
     }
-    let (_, total) = store
-        .list_sandboxes(&SandboxFilter {
-            statuses: vec![SandboxStatus::Starting],
-            ..Default::default()
-        })
-        .unwrap();
+    let (_, total) =
+        store.list_sandboxes(&SandboxFilter { statuses: vec![SandboxStatus::Starting], ..Default::default() }).unwrap();
     assert_eq!(total, N as u64);
     times.sort();
     let mean = times.iter().sum::<Duration>() / N as u32;
-    let slow = times
-        .iter()
-        .filter(|t| **t > Duration::from_millis(1))
-        .count();
+    let slow = times.iter().filter(|t| **t > Duration::from_millis(1)).count();
     println!(
         "sqlite claim over {N} claims: mean {mean:?}, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}, {slow} over 1 ms",
         times[N / 2],

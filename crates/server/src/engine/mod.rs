@@ -21,7 +21,10 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
 pub use pools::{CreatePoolRequest, PoolCondition, PoolDiagnostic, PoolStatus, PoolView, UpdatePoolRequest};
-pub use sandboxes::{CreateSandboxRequest, DeleteSandboxResult, ExecCommand, ExecRequestBody, ExecResult, ListSandboxesQuery, SandboxList};
+pub use sandboxes::{
+    CreateSandboxRequest, DeleteSandboxResult, ExecCommand, ExecRequestBody, ExecResult, ListSandboxesQuery,
+    SandboxList,
+};
 pub use templates::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
 
 /// Tunables of the engine.
@@ -205,7 +208,6 @@ pub(crate) fn age_since(ts: Option<&str>) -> Duration {
         .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default())
         .unwrap_or_default()
 }
-
 
 #[cfg(test)]
 mod tests;

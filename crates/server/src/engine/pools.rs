@@ -6,8 +6,7 @@ use std::sync::Arc;
 use agentbox_core::duration::WireDuration;
 use agentbox_core::error::{AppError, AvailableTemplateSummary, AvailableTemplatesDetail};
 use agentbox_core::model::{
-    AutoscalingSpec, PodCreationImagePolicy, Pool, PoolOverrides, PoolSpec, RegistryCredential, SandboxSpec,
-    SlotPhase,
+    AutoscalingSpec, PodCreationImagePolicy, Pool, PoolOverrides, PoolSpec, RegistryCredential, SandboxSpec, SlotPhase,
 };
 use agentbox_core::quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 use agentbox_core::reconcile::{PoolCounts, PoolPhase, pool_phase};
@@ -166,18 +165,23 @@ pub fn apply_overrides(base: &SandboxSpec, o: &PoolOverrides) -> Result<SandboxS
             }
         }
     }
-    if let Some(ips) = &o.image_pull_secret {
-        if ips.registries.is_empty() || ips.registries.iter().any(|r| r.registry.is_empty() || r.username.is_empty()) {
-            return Err(AppError::bad_request(
-                "overrides.imagePullSecret.registries needs at least one entry with registry, username and password",
-            ));
-        }
+    if let Some(ips) = &o.image_pull_secret
+        && (ips.registries.is_empty() || ips.registries.iter().any(|r| r.registry.is_empty() || r.username.is_empty()))
+    {
+        return Err(AppError::bad_request(
+            "overrides.imagePullSecret.registries needs at least one entry with registry, username and password",
+        ));
     }
     validate::sandbox_spec(&s)?;
     Ok(s)
 }
 
-fn validate_sizes(replicas: u32, min: Option<u32>, max: Option<u32>, autoscaling: Option<&AutoscalingSpec>) -> Result<(), AppError> {
+fn validate_sizes(
+    replicas: u32,
+    min: Option<u32>,
+    max: Option<u32>,
+    autoscaling: Option<&AutoscalingSpec>,
+) -> Result<(), AppError> {
     if replicas > MAX_REPLICAS {
         return Err(AppError::bad_request(format!("replicas {replicas} is above the limit of {MAX_REPLICAS}")));
     }
@@ -190,10 +194,10 @@ fn validate_sizes(replicas: u32, min: Option<u32>, max: Option<u32>, autoscaling
                 "need minReplicas <= replicas <= maxReplicas, got {min} <= {replicas} <= {max}"
             )));
         }
-    } else if let (Some(min), Some(max)) = (min, max) {
-        if min > max {
-            return Err(AppError::bad_request(format!("minReplicas {min} is greater than maxReplicas {max}")));
-        }
+    } else if let (Some(min), Some(max)) = (min, max)
+        && min > max
+    {
+        return Err(AppError::bad_request(format!("minReplicas {min} is greater than maxReplicas {max}")));
     }
     Ok(())
 }
@@ -204,7 +208,11 @@ fn redact(o: &PoolOverrides) -> PoolOverrides {
         ips.registries = ips
             .registries
             .iter()
-            .map(|r| RegistryCredential { registry: r.registry.clone(), username: r.username.clone(), password: "***".into() })
+            .map(|r| RegistryCredential {
+                registry: r.registry.clone(),
+                username: r.username.clone(),
+                password: "***".into(),
+            })
             .collect();
     }
     o
@@ -216,7 +224,8 @@ impl Engine {
         let (base, template_name, template_version) = match (&req.template_name, &req.template) {
             (Some(_), Some(_)) => return Err(AppError::bad_request("give either templateName or template, not both")),
             (None, None) => {
-                return Err(AppError::bad_request("either templateName or template is required").with_detail(&self.available_templates(auth)));
+                return Err(AppError::bad_request("either templateName or template is required")
+                    .with_detail(&self.available_templates(auth)));
             }
             (None, Some(inline)) => (inline.clone(), None, None),
             (Some(name), None) => match self.store.get_template(name)? {
@@ -306,7 +315,12 @@ impl Engine {
         Ok(out)
     }
 
-    pub fn update_pool(self: &Arc<Self>, auth: &AuthInfo, name: &str, req: UpdatePoolRequest) -> Result<PoolView, AppError> {
+    pub fn update_pool(
+        self: &Arc<Self>,
+        auth: &AuthInfo,
+        name: &str,
+        req: UpdatePoolRequest,
+    ) -> Result<PoolView, AppError> {
         let nothing = req.replicas.is_none()
             && req.min_replicas.is_none()
             && req.max_replicas.is_none()
@@ -455,4 +469,3 @@ impl Engine {
         })
     }
 }
-

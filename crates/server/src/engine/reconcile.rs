@@ -42,10 +42,17 @@ impl Engine {
     }
 
     /// One pass. `Ok(false)` when the pool no longer exists.
-    pub(crate) async fn reconcile_pool(self: &Arc<Self>, rt: &Arc<PoolRt>) -> Result<bool, agentbox_core::error::AppError> {
+    pub(crate) async fn reconcile_pool(
+        self: &Arc<Self>,
+        rt: &Arc<PoolRt>,
+    ) -> Result<bool, agentbox_core::error::AppError> {
         let Some(pool) = self.store.get_pool(&rt.key.0, &rt.key.1)? else { return Ok(false) };
-        let slots: Vec<Slot> =
-            self.store.list_slots()?.into_iter().filter(|s| s.pool == pool.name && s.namespace == pool.namespace).collect();
+        let slots: Vec<Slot> = self
+            .store
+            .list_slots()?
+            .into_iter()
+            .filter(|s| s.pool == pool.name && s.namespace == pool.namespace)
+            .collect();
 
         // Health: idle slots whose container died are replaced; running sandboxes whose main
         // container died are failed with the reason the backend saw.
@@ -83,8 +90,12 @@ impl Engine {
             }
         }
 
-        let slots: Vec<Slot> =
-            self.store.list_slots()?.into_iter().filter(|s| s.pool == pool.name && s.namespace == pool.namespace).collect();
+        let slots: Vec<Slot> = self
+            .store
+            .list_slots()?
+            .into_iter()
+            .filter(|s| s.pool == pool.name && s.namespace == pool.namespace)
+            .collect();
         let views: Vec<SlotView> = slots
             .iter()
             .map(|s| SlotView {

@@ -46,14 +46,15 @@ impl Engine {
                 SlotPhase::Running if main_running => adopted += 1,
                 SlotPhase::Idle | SlotPhase::Running if obs.is_none() => {
                     // The slot's host state is gone: its sandbox failed; the record goes.
-                    if let Some(id) = slot.sandbox_id.clone() {
-                        if let Ok(Some(mut sb)) = self.store.get_sandbox(&id) {
-                            sb.status = SandboxStatus::Failed;
-                            sb.failure_reason = Some("SlotLost".into());
-                            sb.failure_message = Some("the sandbox's container disappeared while the server was down".into());
-                            sb.terminated_at = Some(super::now());
-                            let _ = self.store.put_sandbox(&sb);
-                        }
+                    if let Some(id) = slot.sandbox_id.clone()
+                        && let Ok(Some(mut sb)) = self.store.get_sandbox(&id)
+                    {
+                        sb.status = SandboxStatus::Failed;
+                        sb.failure_reason = Some("SlotLost".into());
+                        sb.failure_message =
+                            Some("the sandbox's container disappeared while the server was down".into());
+                        sb.terminated_at = Some(super::now());
+                        let _ = self.store.put_sandbox(&sb);
                     }
                     let _ = self.store.delete_slot(&slot.slot_id);
                 }
@@ -64,7 +65,9 @@ impl Engine {
                 SlotPhase::Running => {
                     // The main container died while we were away: fail the sandbox, recycle.
                     let (reason, code) = match obs.and_then(|o| o.main()).map(|c| c.state.clone()) {
-                        Some(agentbox_core::backend::ContainerState::Exited { exit_code, oom_killed: true }) => ("OOMKilled", exit_code),
+                        Some(agentbox_core::backend::ContainerState::Exited { exit_code, oom_killed: true }) => {
+                            ("OOMKilled", exit_code)
+                        }
                         Some(agentbox_core::backend::ContainerState::Exited { exit_code, .. }) => ("Error", exit_code),
                         _ => ("ContainerMissing", None),
                     };
@@ -73,7 +76,12 @@ impl Engine {
                 SlotPhase::Starting => {
                     // Nobody got an answer for this claim: cancel it and recycle the slot.
                     if let Some(id) = slot.sandbox_id.clone() {
-                        let _ = self.release(&id, SandboxStatus::Canceled, Some(("ServerRestart", "the server restarted while the sandbox was starting".into())), None);
+                        let _ = self.release(
+                            &id,
+                            SandboxStatus::Canceled,
+                            Some(("ServerRestart", "the server restarted while the sandbox was starting".into())),
+                            None,
+                        );
                     } else {
                         slot.phase = SlotPhase::Stopping;
                         let _ = self.store.put_slot(&slot);

@@ -136,7 +136,11 @@ struct ClaimPlan {
 impl Engine {
     /// Claim a slot and answer once the sandbox is Running. Runs in its own task: if the caller
     /// goes away before the answer, the sandbox is canceled and its slot recycled.
-    pub async fn create_sandbox(self: &Arc<Self>, auth: &AuthInfo, req: CreateSandboxRequest) -> Result<Sandbox, AppError> {
+    pub async fn create_sandbox(
+        self: &Arc<Self>,
+        auth: &AuthInfo,
+        req: CreateSandboxRequest,
+    ) -> Result<Sandbox, AppError> {
         let plan = self.plan_claim(auth, &req)?;
         let (tx, rx) = oneshot::channel::<Result<Sandbox, AppError>>();
         let me = Arc::clone(self);
@@ -146,7 +150,12 @@ impl Engine {
             if let Err(Ok(sb)) = tx.send(res) {
                 // Nobody is listening any more: the client disconnected before its answer.
                 tracing::info!(sandbox_id = %sb.sandbox_id, "client went away before the answer; canceling");
-                let _ = me.release(&sb.sandbox_id, SandboxStatus::Canceled, Some(("ClientGone", "the client disconnected before the sandbox was returned".into())), None);
+                let _ = me.release(
+                    &sb.sandbox_id,
+                    SandboxStatus::Canceled,
+                    Some(("ClientGone", "the client disconnected before the sandbox was returned".into())),
+                    None,
+                );
             }
         });
         rx.await.map_err(|_| AppError::internal("claim task failed", "claim task dropped its answer"))?
@@ -169,7 +178,9 @@ impl Engine {
             validate::image_ref(&format!("containerImages.{name}"), img)?;
             let c = targets.iter_mut().find(|c| &c.name == name).ok_or_else(|| {
                 let names: Vec<_> = pool.spec.template.containers.iter().map(|c| c.name.as_str()).collect();
-                AppError::bad_request(format!("containerImages names unknown container {name:?}; the pool's containers are {names:?}"))
+                AppError::bad_request(format!(
+                    "containerImages names unknown container {name:?}; the pool's containers are {names:?}"
+                ))
             })?;
             c.image = img.clone();
         }
@@ -181,7 +192,9 @@ impl Engine {
         }
         for (k, v) in req.labels.iter().chain(req.annotations.iter()) {
             if k.is_empty() || k.len() > 253 || v.len() > 4096 {
-                return Err(AppError::bad_request(format!("label/annotation {k:?}: keys must be 1-253 characters, values at most 4096")));
+                return Err(AppError::bad_request(format!(
+                    "label/annotation {k:?}: keys must be 1-253 characters, values at most 4096"
+                )));
             }
         }
         let startup_timeout = req
@@ -192,7 +205,8 @@ impl Engine {
         if startup_timeout.is_zero() {
             return Err(AppError::bad_request("startupTimeout must be a positive duration such as \"30s\""));
         }
-        let idle_timeout = req.idle_timeout.or(pool.spec.default_idle_timeout).map(|d| d.as_duration()).filter(|d| !d.is_zero());
+        let idle_timeout =
+            req.idle_timeout.or(pool.spec.default_idle_timeout).map(|d| d.as_duration()).filter(|d| !d.is_zero());
         Ok(ClaimPlan { pool, targets, deadline: Instant::now() + startup_timeout, startup_timeout, idle_timeout })
     }
 
@@ -205,7 +219,13 @@ impl Engine {
             .filter(|p| !p.deleting && auth.may_use(&p.team, &p.user))
             .map(|p| {
                 let c = self.pool_counts(&p).unwrap_or_default();
-                AvailablePoolSummary { name: p.name, namespace: p.namespace, idle: c.idle, running: c.running, starting: c.starting }
+                AvailablePoolSummary {
+                    name: p.name,
+                    namespace: p.namespace,
+                    idle: c.idle,
+                    running: c.running,
+                    starting: c.starting,
+                }
             })
             .collect();
         let hint = if pools.is_empty() {
@@ -251,7 +271,8 @@ impl Engine {
                 return Err(self.no_idle(&plan.pool, "right now (wait=false)"));
             }
             q.enqueue(tx).map_err(|_| {
-                AppError::too_many(format!("claim queue of pool {:?} is full; retry later", plan.pool.name)).with_retry_after(1)
+                AppError::too_many(format!("claim queue of pool {:?} is full; retry later", plan.pool.name))
+                    .with_retry_after(1)
             })?
         };
         rt.wake.notify_one();
@@ -266,12 +287,20 @@ impl Engine {
                         return Ok(slot);
                     }
                 }
-                Err(self.no_idle(&plan.pool, &format!("within the startup timeout ({})", WireDuration(plan.startup_timeout))))
+                Err(self.no_idle(
+                    &plan.pool,
+                    &format!("within the startup timeout ({})", WireDuration(plan.startup_timeout)),
+                ))
             }
         }
     }
 
-    async fn claim(self: &Arc<Self>, auth: &AuthInfo, req: CreateSandboxRequest, plan: ClaimPlan) -> Result<Sandbox, AppError> {
+    async fn claim(
+        self: &Arc<Self>,
+        auth: &AuthInfo,
+        req: CreateSandboxRequest,
+        plan: ClaimPlan,
+    ) -> Result<Sandbox, AppError> {
         let rt = self.ensure_pool_rt(&plan.pool);
         let wait = req.wait.unwrap_or(true);
         let (slot, mut sandbox, same_image) = loop {
@@ -284,7 +313,8 @@ impl Engine {
                 plan.targets.iter().map(|c| (c.name.clone(), c.image.clone())).collect();
             let same_image = slot.images == targets;
             let now = now();
-            let resources = agentbox_core::validate::slot_resources(&plan.pool.spec.template.containers).unwrap_or_default();
+            let resources =
+                agentbox_core::validate::slot_resources(&plan.pool.spec.template.containers).unwrap_or_default();
             let sandbox = Sandbox {
                 sandbox_id: uuid::Uuid::now_v7().to_string(),
                 namespace: auth.namespace.clone(),
@@ -367,7 +397,10 @@ impl Engine {
             }
             Ok(Ok(Err(e))) => {
                 let (reason, err) = match &e {
-                    BackendError::Image { .. } => ("ImagePullFailed", AppError::bad_request(format!("{e}; check the image name and the pool's imagePullSecret"))),
+                    BackendError::Image { .. } => (
+                        "ImagePullFailed",
+                        AppError::bad_request(format!("{e}; check the image name and the pool's imagePullSecret")),
+                    ),
                     _ => ("StartupFailed", AppError::internal("the sandbox failed to start", &e)),
                 };
                 tracing::warn!(sandbox_id = %sandbox_id, error = %e, "switch failed");
@@ -375,11 +408,15 @@ impl Engine {
                 Err(err)
             }
             Ok(Err(join)) => {
-                let _ = self.release(&sandbox_id, SandboxStatus::Failed, Some(("StartupFailed", join.to_string())), None);
+                let _ =
+                    self.release(&sandbox_id, SandboxStatus::Failed, Some(("StartupFailed", join.to_string())), None);
                 Err(AppError::internal("the sandbox failed to start", join))
             }
             Err(_) => {
-                let msg = format!("sandbox did not become Running within the startup timeout ({})", WireDuration(plan.startup_timeout));
+                let msg = format!(
+                    "sandbox did not become Running within the startup timeout ({})",
+                    WireDuration(plan.startup_timeout)
+                );
                 let _ = self.release(&sandbox_id, SandboxStatus::Released, Some(("StartupTimeout", msg.clone())), None);
                 Err(AppError::unavailable(format!("{msg}; retry with a longer startupTimeout")))
             }
@@ -389,15 +426,18 @@ impl Engine {
     /// Add the read-time fields.
     pub(crate) fn decorate(&self, sb: Sandbox) -> Sandbox {
         let mut sb = sb.with_duration(chrono::Utc::now());
-        if let (Some(base), false) = (&self.cfg.proxy_base_url, sb.status.is_terminal()) {
-            if let Ok(Some(pool)) = self.store.get_pool(&sb.namespace, &sb.pool_name) {
-                for r in &pool.spec.template.runtimes {
-                    if let Some(port) = r.port {
-                        sb.endpoints.insert(
-                            r.name.clone(),
-                            SandboxEndpoint { url: format!("{base}/sandboxes/{}/{port}", sb.sandbox_id), log_dir: r.log_dir.clone() },
-                        );
-                    }
+        if let (Some(base), false) = (&self.cfg.proxy_base_url, sb.status.is_terminal())
+            && let Ok(Some(pool)) = self.store.get_pool(&sb.namespace, &sb.pool_name)
+        {
+            for r in &pool.spec.template.runtimes {
+                if let Some(port) = r.port {
+                    sb.endpoints.insert(
+                        r.name.clone(),
+                        SandboxEndpoint {
+                            url: format!("{base}/sandboxes/{}/{port}", sb.sandbox_id),
+                            log_dir: r.log_dir.clone(),
+                        },
+                    );
                 }
             }
         }
@@ -419,7 +459,9 @@ impl Engine {
     pub fn list_sandboxes(&self, auth: &AuthInfo, q: &ListSandboxesQuery) -> Result<SandboxList, AppError> {
         let limit = q.limit.unwrap_or(20);
         if limit == 0 || limit > 100 {
-            return Err(AppError::bad_request(format!("limit {limit} is out of range: use 1..=100 and page with offset")));
+            return Err(AppError::bad_request(format!(
+                "limit {limit} is out of range: use 1..=100 and page with offset"
+            )));
         }
         let mut statuses = vec![];
         if let Some(s) = &q.status {
@@ -441,7 +483,12 @@ impl Engine {
         };
         auth.scope_filter(&mut filter);
         let (items, total) = self.store.list_sandboxes(&filter)?;
-        Ok(SandboxList { items: items.into_iter().map(|s| self.decorate(s)).collect(), total, limit, offset: filter.offset })
+        Ok(SandboxList {
+            items: items.into_iter().map(|s| self.decorate(s)).collect(),
+            total,
+            limit,
+            offset: filter.offset,
+        })
     }
 
     /// `DELETE`: Stopping now, recycled in the background. 202.
@@ -457,7 +504,12 @@ impl Engine {
                 self.release(id, reason, None, None)?;
             }
             SandboxStatus::Stopping => {}
-            s => return Err(AppError::not_found(format!("sandbox {id} already ended ({}); nothing to delete", s.as_str()))),
+            s => {
+                return Err(AppError::not_found(format!(
+                    "sandbox {id} already ended ({}); nothing to delete",
+                    s.as_str()
+                )));
+            }
         }
         Ok(DeleteSandboxResult {
             sandbox_id: sb.sandbox_id,
@@ -565,10 +617,10 @@ impl Engine {
                 }
                 let _ = self.backend.destroy_slot(slot_id).await;
                 let _ = self.store.delete_slot(slot_id);
-                if let Some(p) = pool {
-                    if let Some(rt) = self.pool_rt(&(p.namespace.clone(), p.name.clone())) {
-                        rt.wake.notify_one();
-                    }
+                if let Some(p) = pool
+                    && let Some(rt) = self.pool_rt(&(p.namespace.clone(), p.name.clone()))
+                {
+                    rt.wake.notify_one();
                 }
             }
         }
@@ -578,21 +630,26 @@ impl Engine {
         let argv = match body.command {
             ExecCommand::Shell(s) if !s.trim().is_empty() => vec!["/bin/sh".to_string(), "-c".to_string(), s],
             ExecCommand::Argv(v) if !v.is_empty() && !v[0].is_empty() => v,
-            _ => return Err(AppError::bad_request("command is required: give a shell string or a non-empty argv list")),
+            _ => {
+                return Err(AppError::bad_request("command is required: give a shell string or a non-empty argv list"));
+            }
         };
         let timeout = body.timeout_seconds.unwrap_or(30);
         if !(1..=300).contains(&timeout) {
             return Err(AppError::bad_request(format!("timeoutSeconds {timeout} is out of range: use 1..=300")));
         }
-        if let Some(cwd) = &body.cwd {
-            if !cwd.starts_with('/') {
-                return Err(AppError::bad_request(format!("cwd {cwd:?} must be an absolute path")));
-            }
+        if let Some(cwd) = &body.cwd
+            && !cwd.starts_with('/')
+        {
+            return Err(AppError::bad_request(format!("cwd {cwd:?} must be an absolute path")));
         }
         if let Some(u) = &body.user {
-            let ok = u.split(':').count() <= 2 && u.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+            let ok = u.split(':').count() <= 2
+                && u.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
             if !ok {
-                return Err(AppError::bad_request(format!("user {u:?} must be numeric uid or uid:gid, e.g. \"1000:1000\"")));
+                return Err(AppError::bad_request(format!(
+                    "user {u:?} must be numeric uid or uid:gid, e.g. \"1000:1000\""
+                )));
             }
         }
         let sb = self.visible_sandbox(auth, id)?;

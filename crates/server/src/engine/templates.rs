@@ -119,7 +119,9 @@ impl Engine {
         validate_spec(&req.spec)?;
         let t = Template { name: req.name, spec: req.spec, resource_version: 1, created_at: now(), updated_at: now() };
         self.store.create_template(&t).map_err(|e| match e {
-            StoreError::Conflict(_) => AppError::conflict(format!("sandbox template {:?} already exists; update it with PUT instead", t.name)),
+            StoreError::Conflict(_) => {
+                AppError::conflict(format!("sandbox template {:?} already exists; update it with PUT instead", t.name))
+            }
             e => e.into(),
         })?;
         Ok(t)
@@ -127,14 +129,17 @@ impl Engine {
 
     pub fn update_template(&self, name: &str, req: UpdateTemplateRequest) -> Result<Template, AppError> {
         validate_spec(&req.spec)?;
-        let cur = self.store.get_template(name)?.ok_or_else(|| AppError::not_found(format!("sandbox template {name:?} not found")))?;
-        if let Some(rv) = req.resource_version {
-            if rv != cur.resource_version {
-                return Err(AppError::conflict(format!(
-                    "sandbox template {name:?} changed (resourceVersion {rv} is stale, current is {}); re-read it and retry",
-                    cur.resource_version
-                )));
-            }
+        let cur = self
+            .store
+            .get_template(name)?
+            .ok_or_else(|| AppError::not_found(format!("sandbox template {name:?} not found")))?;
+        if let Some(rv) = req.resource_version
+            && rv != cur.resource_version
+        {
+            return Err(AppError::conflict(format!(
+                "sandbox template {name:?} changed (resourceVersion {rv} is stale, current is {}); re-read it and retry",
+                cur.resource_version
+            )));
         }
         let (old, new) = (validate::version(&cur.spec.version)?, validate::version(&req.spec.version)?);
         if new <= old {
@@ -143,9 +148,12 @@ impl Engine {
                 req.spec.version, cur.spec.version
             )));
         }
-        let t = Template { spec: req.spec, resource_version: cur.resource_version + 1, updated_at: now(), ..cur.clone() };
+        let t =
+            Template { spec: req.spec, resource_version: cur.resource_version + 1, updated_at: now(), ..cur.clone() };
         self.store.update_template(&t, cur.resource_version).map_err(|e| match e {
-            StoreError::Conflict(_) => AppError::conflict(format!("sandbox template {name:?} changed concurrently; re-read it and retry")),
+            StoreError::Conflict(_) => {
+                AppError::conflict(format!("sandbox template {name:?} changed concurrently; re-read it and retry"))
+            }
             e => e.into(),
         })?;
         Ok(t)

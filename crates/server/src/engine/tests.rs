@@ -51,7 +51,11 @@ fn pool_req(name: &str, replicas: u32, policy: PodCreationImagePolicy) -> Create
 }
 
 fn claim_req(pool: &str) -> CreateSandboxRequest {
-    CreateSandboxRequest { pool_name: pool.into(), startup_timeout: Some(WireDuration::from_secs(5)), ..Default::default() }
+    CreateSandboxRequest {
+        pool_name: pool.into(),
+        startup_timeout: Some(WireDuration::from_secs(5)),
+        ..Default::default()
+    }
 }
 
 async fn wait_idle(r: &Rig, pool: &str, n: u32) {
@@ -76,7 +80,11 @@ async fn warm_up_claim_same_image_and_release() {
     assert_eq!(sb.status, SandboxStatus::Running);
     assert!(sb.started_at.is_some());
     assert!(!r.backend.calls.lock().iter().any(|c| c.starts_with("switch")), "same image must not switch");
-    let out = r.engine.exec(&auth, &sb.sandbox_id, serde_json::from_str(r#"{"command":["echo","hi"]}"#).unwrap()).await.unwrap();
+    let out = r
+        .engine
+        .exec(&auth, &sb.sandbox_id, serde_json::from_str(r#"{"command":["echo","hi"]}"#).unwrap())
+        .await
+        .unwrap();
     assert_eq!(out.stdout, "echo hi\n");
     r.engine.delete_sandbox(&auth, &sb.sandbox_id).unwrap();
     wait_idle(&r, "p", 2).await;
@@ -244,9 +252,7 @@ async fn scale_down_removes_idle_slots_only() {
     r.engine.create_pool(&auth, pool_req("p", 3, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
     wait_idle(&r, "p", 3).await;
     let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
-    r.engine
-        .update_pool(&auth, "p", UpdatePoolRequest { replicas: Some(0), ..Default::default() })
-        .unwrap();
+    r.engine.update_pool(&auth, "p", UpdatePoolRequest { replicas: Some(0), ..Default::default() }).unwrap();
     wait_idle(&r, "p", 0).await;
     assert_eq!(r.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap().status, SandboxStatus::Running);
     assert_eq!(r.engine.get_pool(&auth, "p").unwrap().status.counts.running, 1);

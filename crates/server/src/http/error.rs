@@ -54,11 +54,12 @@ impl IntoResponse for ApiError {
         } else {
             e.message
         };
-        let mut resp = (status, Json(ErrorBody { error: message, error_code: e.code, detail: e.detail })).into_response();
-        if let Some(secs) = e.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        let mut resp =
+            (status, Json(ErrorBody { error: message, error_code: e.code, detail: e.detail })).into_response();
+        if let Some(secs) = e.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }
@@ -67,7 +68,9 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let msg = match &r {
-            JsonRejection::MissingJsonContentType(_) => "send a JSON body with Content-Type: application/json".to_string(),
+            JsonRejection::MissingJsonContentType(_) => {
+                "send a JSON body with Content-Type: application/json".to_string()
+            }
             _ => format!("invalid request body: {}", r.body_text()),
         };
         ApiError(AppError::bad_request(msg))

@@ -110,7 +110,9 @@ pub async fn import_image(
         file.write_all(&chunk).map_err(|e| AppError::internal("cannot buffer the upload", e))?;
     }
     if size == 0 {
-        return Err(AppError::bad_request("empty body: send the image archive (OCI layout tar or docker save tar)").into());
+        return Err(
+            AppError::bad_request("empty body: send the image archive (OCI layout tar or docker save tar)").into()
+        );
     }
     let name = q.name.clone();
     let imported = tokio::task::spawn_blocking(move || store.import(file.path(), name.as_deref()))

@@ -86,5 +86,8 @@ pub async fn delete_pool(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<DeletePoolResult>)> {
     let p = st.engine.delete_pool(&auth, &name)?;
-    Ok((StatusCode::ACCEPTED, Json(DeletePoolResult { name: p.name, namespace: p.namespace, status: "Terminating".into() })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeletePoolResult { name: p.name, namespace: p.namespace, status: "Terminating".into() }),
+    ))
 }

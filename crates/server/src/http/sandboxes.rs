@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use agentbox_core::model::Sandbox;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

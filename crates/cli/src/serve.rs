@@ -1,0 +1,198 @@
+//! `agentbox serve`: the embedded default (SQLite store + local container backend in a data dir),
+//! zero configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentbox_core::model::{ContainerSpec, PodCreationImagePolicy, SandboxSpec, TemplateSpec};
+use agentbox_server::auth::AuthInfo;
+use agentbox_server::engine::{CreatePoolRequest, CreateTemplateRequest, Engine, EngineConfig};
+use agentbox_server::http::{AppState, router};
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Native API address.
+    #[arg(long, env = "AGENTBOX_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// E2B control API address (not served yet: see README, "Status").
+    #[arg(long, env = "AGENTBOX_E2B_LISTEN", default_value = "127.0.0.1:8090")]
+    pub e2b_listen: SocketAddr,
+    /// Data-plane proxy address (not served yet: see README, "Status").
+    #[arg(long, env = "AGENTBOX_PROXY_LISTEN", default_value = "127.0.0.1:8092")]
+    pub proxy_listen: SocketAddr,
+    /// Where the store, images and slot state live (default /var/lib/agentbox).
+    #[arg(long, env = "AGENTBOX_DATA_DIR", default_value = "/var/lib/agentbox")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "AGENTBOX_BACKEND", value_enum, default_value = "local")]
+    pub backend: BackendKind,
+    /// Static admin API key (turns dev mode off).
+    #[arg(long, env = "AGENTBOX_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// HS256 secret for JWT bearer tokens.
+    #[arg(long, env = "AGENTBOX_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "AGENTBOX_CLUSTER_ID", default_value = "local")]
+    pub cluster_id: String,
+    #[arg(long, env = "AGENTBOX_CLUSTERS_CONFIG")]
+    pub clusters_config: Option<PathBuf>,
+    /// Do not create the `default` template and pool.
+    #[arg(long, env = "AGENTBOX_NO_DEFAULT_POOL")]
+    pub no_default_pool: bool,
+    /// Slots of the `default` pool.
+    #[arg(long, env = "AGENTBOX_DEFAULT_POOL_SIZE", default_value_t = 2)]
+    pub default_pool_size: u32,
+    /// Slot subnet of the local backend (the bridge takes the first address).
+    #[arg(long, env = "AGENTBOX_SUBNET", default_value = "10.213.0.0/16")]
+    pub subnet: String,
+    /// Bridge of the local backend.
+    #[arg(long, env = "AGENTBOX_BRIDGE", default_value = "agbx0")]
+    pub bridge: String,
+    /// Days terminal sandboxes stay in the history store.
+    #[arg(long, env = "AGENTBOX_HISTORY_RETENTION_DAYS", default_value_t = 7)]
+    pub history_retention_days: u64,
+    #[arg(long, env = "AGENTBOX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTBOX_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tower_http=warn,libcgroups=error,libcontainer=warn")
+    });
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// The zero-config template: the host's userland (python3, sh, coreutils) with `pause` while idle.
+pub fn default_template() -> TemplateSpec {
+    TemplateSpec {
+        version: "1.0.0".into(),
+        description: "The host's userland (read-only /usr, /etc): sh, python3, coreutils. Idle image: pause.".into(),
+        docs: String::new(),
+        visibility: Default::default(),
+        sandbox: SandboxSpec {
+            idle_image: "pause".into(),
+            idle_command: vec![],
+            containers: vec![ContainerSpec {
+                name: "main".into(),
+                image: "host".into(),
+                command: vec!["sleep".into(), "infinity".into()],
+                ..Default::default()
+            }],
+            runtimes: vec![],
+            runtime_class: Default::default(),
+            egress: true,
+        },
+    }
+}
+
+async fn ensure_defaults(engine: &Arc<Engine>, size: u32) -> Result<()> {
+    let admin = AuthInfo::dev_admin();
+    if engine.list_templates(&admin)?.iter().all(|t| t.name != "default") {
+        engine.create_template(CreateTemplateRequest { name: "default".into(), spec: default_template() })?;
+        tracing::info!("created template `default` (image host, idle image pause)");
+    }
+    if engine.list_pools(&admin)?.iter().all(|p| p.name != "default") {
+        engine.create_pool(
+            &admin,
+            CreatePoolRequest {
+                name: "default".into(),
+                template_name: Some("default".into()),
+                replicas: Some(size),
+                pod_creation_image_policy: Some(PodCreationImagePolicy::PoolDefaultImage),
+                ..Default::default()
+            },
+        )?;
+        tracing::info!(replicas = size, "created pool `default`");
+    }
+    Ok(())
+}
+
+pub async fn run(a: ServeArgs) -> Result<ExitCode> {
+    init_tracing(a.log_format);
+    if a.backend == BackendKind::Kubernetes {
+        bail!("the kubernetes backend is not available in this build yet; use --backend local (the default)");
+    }
+    if a.admin_key.is_some() || a.jwt_secret.is_some() || a.clusters_config.is_some() {
+        bail!(
+            "--admin-key, --jwt-secret and --clusters-config are not supported by this build yet; \
+             start without them (dev mode: every caller is admin, so listen on loopback only)"
+        );
+    }
+    if effective_uid() != 0 {
+        bail!("the local backend needs root (namespaces, cgroups, overlay mounts, veth): run `sudo agentbox serve`");
+    }
+    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating data dir {}", a.data_dir.display()))?;
+    let store = agentbox_store_sqlite::SqliteStore::open(&a.data_dir.join("agentbox.db"))
+        .with_context(|| format!("opening the store in {}", a.data_dir.display()))?;
+    let images = agentbox_images::ImageStore::open(&a.data_dir.join("images")).context("opening the image store")?;
+    let mut cfg = agentbox_backend_local::LocalBackendConfig::new(a.data_dir.join("local"), images.clone());
+    cfg.subnet = a.subnet.clone();
+    cfg.bridge_name = a.bridge.clone();
+    let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
+    let engine = Engine::new(
+        Arc::new(store),
+        Arc::new(backend),
+        EngineConfig {
+            history_retention: std::time::Duration::from_secs(a.history_retention_days * 86400),
+            ..Default::default()
+        },
+    );
+    engine.start().await.map_err(|e| anyhow::anyhow!("recovering state: {e}"))?;
+    if !a.no_default_pool {
+        ensure_defaults(&engine, a.default_pool_size).await?;
+    }
+    let state = Arc::new(AppState { engine: Arc::clone(&engine), images: Some(images) });
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::warn!("DEV MODE: no admin key configured, every caller is an anonymous admin; keep --listen on loopback");
+    tracing::info!(
+        "E2B API ({}) and data-plane proxy ({}) are not served by this build yet",
+        a.e2b_listen,
+        a.proxy_listen
+    );
+    tracing::info!(%addr, data_dir = %a.data_dir.display(), "agentbox listening");
+    // Machine-readable line for scripts and tests that bind port 0.
+    println!("agentbox listening on http://{addr}");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    engine.stop();
+    tracing::info!("stopped; sandboxes keep running and are adopted at the next start");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn effective_uid() -> u32 {
+    // Read from /proc to avoid an unsafe libc call in this crate.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what agentbox needs to build and run its tests on a fresh Debian 12 machine (as root).
+#   build:   libseccomp-dev (libcontainer links -lseccomp), pkg-config, gcc (the `pause` image is a static C binary)
+#   runtime: runc (second OCI runtime), iproute2 + iptables (slot networking, NAT egress)
+#   tests:   busybox-static (test images), docker-registry (local OCI registry for the pull test),
+#            skopeo + umoci (image tooling used by tests), jq
+set -euo pipefail
+pkgs=(libseccomp-dev pkg-config gcc libc6-dev runc iproute2 iptables busybox-static docker-registry skopeo umoci jq procps curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest"
+  cargo install --locked cargo-nextest >/dev/null
+fi
+echo "dependencies ok"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Quick start on a fresh machine (as root): install dependencies, build, start `agentbox serve` on the
+# embedded default (SQLite + local containers in /var/lib/agentbox), then claim a sandbox from the
+# warm `default` pool, run commands in it and release it. The server keeps running afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root: sudo scripts/quickstart.sh" >&2; exit 2; }
+scripts/install-deps.sh
+cargo build --release --locked -p agentbox
+bin=target/release/agentbox
+export AGENTBOX_ENDPOINT=http://127.0.0.1:8080
+if ! curl -fsS "$AGENTBOX_ENDPOINT/ping" >/dev/null 2>&1; then
+  mkdir -p /var/log
+  nohup "$bin" serve >/var/log/agentbox.log 2>&1 &
+  echo "agentbox serve started (pid $!), log: /var/log/agentbox.log"
+  for _ in $(seq 100); do curl -fsS "$AGENTBOX_ENDPOINT/ping" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+echo "== the default pool warms up"
+"$bin" pool scale default 2 --wait
+echo "== claim a sandbox"
+id=$("$bin" sandbox create --pool default -o json | jq -r .sandbox.sandboxId)
+"$bin" sandbox get "$id"
+echo "== run commands in it"
+"$bin" exec "$id" -- sh -c 'echo "hello from $(hostname)"; python3 -V; id -u'
+echo "== release it (the slot goes back to the pool)"
+"$bin" sandbox delete "$id"
+"$bin" pool list
+echo "done. The server keeps running: stop it with 'kill $(pgrep -f "$bin serve" | head -1)'."
