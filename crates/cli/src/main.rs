@@ -39,6 +39,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // libcontainer's process-creating calls run in a fresh copy of this binary (single-threaded,
+    // so its clone() is safe); dispatch before anything else starts threads.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(agentbox_backend_local::HELPER_ARG) {
+        return ExitCode::from(agentbox_backend_local::helper_main(&args[2..]).clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -147,6 +147,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     let mut cfg = agentbox_backend_local::LocalBackendConfig::new(a.data_dir.join("local"), images.clone());
     cfg.subnet = a.subnet.clone();
     cfg.bridge_name = a.bridge.clone();
+    // /proc/self/exe keeps working even if the binary on disk is replaced while we run.
+    cfg.libcontainer_helper = Some(PathBuf::from("/proc/self/exe"));
     let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
     let engine = Engine::new(
         Arc::new(store),

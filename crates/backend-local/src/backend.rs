@@ -1,0 +1,706 @@
+//! [`LocalBackend`]: the `Backend` trait on real containers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbox_core::backend::{
+    Backend, BackendError, ContainerObservation, ContainerState, ExecOutput, ExecRequest, LogLine, SlotObservation,
+    SlotSpec,
+};
+use agentbox_core::model::{ContainerSpec, RegistryCredential, RuntimeClass};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tracing::{info, warn};
+
+use crate::capture::{Capture, ExecPipes};
+use crate::config::LocalBackendConfig;
+use crate::error::{LocalError, Result};
+use crate::images::{DynImageSource, LocalImage};
+use crate::logs::Rotator;
+use crate::net::{Ipam, SlotNet, Subnet};
+use crate::reaper::{Exit, Reaper, alive, proc_stat};
+use crate::runtime::helper::HelperClient;
+use crate::runtime::{ExecProcess, Libcontainer, OciRuntime, Runc, StartRequest};
+use crate::state::{ContainerRecord, Layout, SlotRecord};
+use crate::{cgroup, logs, net, rootfs, spec, state};
+
+type SlotHandle = Arc<tokio::sync::Mutex<SlotRecord>>;
+
+struct Inner {
+    layout: Layout,
+    images: DynImageSource,
+    bridge: String,
+    subnet: Subnet,
+    ipam: Mutex<Ipam>,
+    slots: Mutex<HashMap<String, SlotHandle>>,
+    reaper: Reaper,
+    rotator: Arc<Rotator>,
+    libcontainer: Arc<Libcontainer>,
+    runc: Option<Arc<Runc>>,
+}
+
+/// Slots as real Linux containers on this host (see the crate docs).
+///
+/// Guarantees: every slot operation is idempotent where the trait says so; `destroy_slot` removes
+/// containers, runtime state, cgroups (all hierarchies), mounts, veth, netns, IP and directories;
+/// a new backend on the same `state_dir` re-adopts the slots it finds (running containers stay
+/// running) and destroys half-created ones. Assumes root, a cgroup v1 (or hybrid) host, `ip` and
+/// `iptables` on PATH, and that no other backend uses the same `state_dir` or subnet.
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        self.inner.reaper.shutdown();
+    }
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> LocalError {
+    LocalError::Runtime { runtime: "backend", message: format!("blocking task failed: {e}") }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(blocking_err)?
+}
+
+fn find_in_path(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.is_file())).or_else(
+        || ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(bin)).find(|p| p.is_file()),
+    )
+}
+
+impl LocalBackend {
+    /// Set up the host network (bridge, forwarding, NAT; idempotent), make this process a child
+    /// subreaper, start the reaper, and re-adopt (or clean up) the slots found in `state_dir`.
+    pub async fn new(cfg: LocalBackendConfig) -> Result<Self, BackendError> {
+        Ok(Self::new_inner(cfg).await?)
+    }
+
+    async fn new_inner(cfg: LocalBackendConfig) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(LocalError::Invalid("the local backend needs root; run the engine as root".into()));
+        }
+        let subnet = Subnet::parse(&cfg.subnet)?;
+        let layout = Layout::new(cfg.state_dir.clone());
+        for d in [layout.slots_dir(), layout.netns_dir()] {
+            std::fs::create_dir_all(&d).map_err(LocalError::io(format!("create {}", d.display())))?;
+        }
+        let bridge = cfg.bridge_name.clone();
+        blocking(move || net::ensure_host_network(&bridge, subnet)).await?;
+        let rotator = Arc::new(Rotator::new(cfg.log_max_bytes));
+        let r2 = rotator.clone();
+        let reaper = Reaper::start(Box::new(move || r2.tick())).map_err(LocalError::io("become child subreaper"))?;
+        let helper = cfg
+            .libcontainer_helper
+            .clone()
+            .map(|binary| HelperClient { binary, scratch: layout.root.join("helper") });
+        let libcontainer = Arc::new(Libcontainer::new(layout.runtime_root(RuntimeClass::Libcontainer), helper)?);
+        let runc = match cfg.runc_binary.clone().or_else(|| find_in_path("runc")) {
+            Some(bin) => {
+                Some(Arc::new(Runc::new(bin, layout.runtime_root(RuntimeClass::Runc), layout.root.join("runc-logs"))?))
+            }
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            layout,
+            images: cfg.images.clone(),
+            bridge: cfg.bridge_name.clone(),
+            subnet,
+            ipam: Mutex::new(Ipam::new(subnet)),
+            slots: Mutex::new(HashMap::new()),
+            reaper,
+            rotator,
+            libcontainer,
+            runc,
+        });
+        let i2 = inner.clone();
+        blocking(move || i2.recover()).await?;
+        Ok(LocalBackend { inner })
+    }
+
+    /// Remove the host bridge and the NAT/forward rules this backend's config set up. For tests and
+    /// uninstall; slots using the bridge must be destroyed first.
+    pub async fn remove_host_network(&self) -> Result<(), BackendError> {
+        let (b, s) = (self.inner.bridge.clone(), self.inner.subnet);
+        Ok(blocking(move || net::remove_host_network(&b, s)).await?)
+    }
+
+    fn handle(&self, slot_id: &str) -> Result<SlotHandle> {
+        self.inner.slots.lock().get(slot_id).cloned().ok_or_else(|| LocalError::SlotNotFound(slot_id.to_owned()))
+    }
+
+    async fn resolve_images(
+        &self,
+        containers: &[ContainerSpec],
+        creds: &[RegistryCredential],
+    ) -> Result<Vec<LocalImage>> {
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let img = self
+                .inner
+                .images
+                .ensure(&c.image, creds)
+                .await
+                .map_err(|message| LocalError::Image { image: c.image.clone(), message })?;
+            out.push(img);
+        }
+        Ok(out)
+    }
+
+    async fn create_inner(&self, spec: &SlotSpec) -> Result<SlotObservation> {
+        validate(&spec.slot_id, &spec.containers)?;
+        if self.inner.runtime(spec.runtime).is_err() {
+            return Err(LocalError::Invalid(format!(
+                "runtime {} is not available on this host",
+                spec.runtime.as_str()
+            )));
+        }
+        let images = self.resolve_images(&spec.containers, &spec.registry_credentials).await?;
+        let ip = self.inner.ipam.lock().allocate()?;
+        let rec = SlotRecord {
+            spec: spec.clone(),
+            runtime: spec.runtime,
+            ip: ip.to_string(),
+            veth: net::veth_name(ip),
+            netns: self.inner.layout.netns_file(&spec.slot_id),
+            complete: false,
+            generation: 0,
+            containers: vec![],
+        };
+        let handle: SlotHandle = Arc::new(tokio::sync::Mutex::new(rec));
+        let guard = handle.clone().lock_owned().await;
+        {
+            let mut slots = self.inner.slots.lock();
+            if slots.contains_key(&spec.slot_id) || self.inner.layout.slot_dir(&spec.slot_id).exists() {
+                self.inner.ipam.lock().release(ip);
+                return Err(LocalError::SlotExists(spec.slot_id.clone()));
+            }
+            slots.insert(spec.slot_id.clone(), handle.clone());
+        }
+        let inner = self.inner.clone();
+        let res = blocking(move || {
+            let mut guard = guard;
+            let rec = &mut *guard;
+            let r = inner.create_blocking(rec, &images);
+            if r.is_err() {
+                inner.destroy_blocking(&rec.spec.slot_id.clone(), Some(rec));
+            }
+            r.map(|_| inner.observe(rec))
+        })
+        .await;
+        if res.is_err() {
+            self.inner.slots.lock().remove(&spec.slot_id);
+        }
+        res
+    }
+}
+
+/// The `/etc` files we may bind over: only those that exist in the image (or its `/etc` host bind),
+/// since a runtime cannot create a missing mount target inside a read-only bind.
+fn etc_targets(merged: &Path, img: &LocalImage) -> Vec<&'static str> {
+    let etc_bind = img.host_binds.iter().find(|(_, d)| d.trim_end_matches('/') == "/etc").map(|(s, _)| s.clone());
+    ["hostname", "hosts", "resolv.conf"]
+        .into_iter()
+        .filter(|f| match &etc_bind {
+            Some(src) => src.join(f).exists(),
+            None => merged.join("etc").is_dir(),
+        })
+        .collect()
+}
+
+fn validate(slot_id: &str, containers: &[ContainerSpec]) -> Result<()> {
+    if slot_id.is_empty() || slot_id.len() > 40 {
+        return Err(LocalError::Invalid(format!("slot id {slot_id:?} must have 1 to 40 characters")));
+    }
+    if containers.is_empty() {
+        return Err(LocalError::Invalid("a slot needs at least one container".into()));
+    }
+    let mut names = HashSet::new();
+    for c in containers {
+        if !names.insert(c.name.as_str()) {
+            return Err(LocalError::Invalid(format!("container name {} is used twice", c.name)));
+        }
+        state::container_id(slot_id, &c.name, u32::MAX as u64)?;
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn runtime(&self, rt: RuntimeClass) -> Result<Arc<dyn OciRuntime>> {
+        match rt {
+            RuntimeClass::Libcontainer => Ok(self.libcontainer.clone()),
+            RuntimeClass::Runc => self.runc.clone().map(|r| r as Arc<dyn OciRuntime>).ok_or_else(|| {
+                LocalError::Invalid("runtime runc is not installed; install runc or use libcontainer".into())
+            }),
+        }
+    }
+
+    fn write_etc(&self, rec: &SlotRecord) -> Result<()> {
+        let slot = &rec.spec.slot_id;
+        let dir = self.layout.etc_dir(slot);
+        std::fs::create_dir_all(&dir).map_err(LocalError::io(format!("create {}", dir.display())))?;
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_else(|_| "nameserver 1.1.1.1\n".into());
+        for (f, body) in [
+            ("hostname", format!("{slot}\n")),
+            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{slot}\n", rec.ip)),
+            ("resolv.conf", resolv),
+        ] {
+            std::fs::write(dir.join(f), body).map_err(LocalError::io(format!("write {}", dir.join(f).display())))?;
+        }
+        Ok(())
+    }
+
+    fn create_blocking(&self, rec: &mut SlotRecord, images: &[LocalImage]) -> Result<()> {
+        let slot = rec.spec.slot_id.clone();
+        let dir = self.layout.slot_dir(&slot);
+        std::fs::create_dir_all(&dir).map_err(LocalError::io(format!("create {}", dir.display())))?;
+        state::save(&self.layout, rec)?;
+        self.write_etc(rec)?;
+        let ip: Ipv4Addr = rec.ip.parse().map_err(|_| LocalError::Invalid(format!("bad ip {}", rec.ip)))?;
+        net::create_slot_net(&SlotNet {
+            netns: &rec.netns,
+            ip,
+            subnet: self.subnet,
+            veth: &rec.veth,
+            bridge: &self.bridge,
+        })?;
+        if !rec.spec.egress {
+            net::set_egress(ip, false)?;
+        }
+        cgroup::create_slot_cgroup(&slot, &rec.spec.resources)?;
+        let specs = rec.spec.containers.clone();
+        self.start_containers(rec, &specs, images)?;
+        rec.complete = true;
+        state::save(&self.layout, rec)
+    }
+
+    fn start_containers(&self, rec: &mut SlotRecord, specs: &[ContainerSpec], images: &[LocalImage]) -> Result<()> {
+        let slot = rec.spec.slot_id.clone();
+        let rt = self.runtime(rec.runtime)?;
+        for (index, (c, img)) in specs.iter().zip(images).enumerate() {
+            let id = state::container_id(&slot, &c.name, rec.generation)?;
+            let bundle = self.layout.container_dir(&slot, index);
+            rootfs::discard(&bundle)?;
+            let merged = rootfs::mount(&bundle, &img.layers, &self.layout.empty_layer())?;
+            // Recorded before the start so a failure is cleaned up with the slot.
+            rec.containers.push(ContainerRecord {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                container_id: id.clone(),
+                index,
+                pid: 0,
+                start_time: 0,
+                oom_baseline: cgroup::oom_kill_count(&slot),
+            });
+            let (uid, gid) = spec::resolve_user(img.user.as_deref(), &merged)
+                .map_err(|m| LocalError::Image { image: c.image.clone(), message: m })?;
+            let config = spec::build(&spec::SpecInput {
+                slot_id: &slot,
+                container: c,
+                image: img,
+                rootfs: &merged,
+                netns: &rec.netns,
+                etc_dir: &self.layout.etc_dir(&slot),
+                cgroups_path: cgroup::container_cgroups_path(&slot, &id),
+                etc_files: etc_targets(&merged, img),
+                uid,
+                gid,
+            });
+            let cfg_path = bundle.join("config.json");
+            std::fs::write(&cfg_path, serde_json::to_vec(&config).expect("spec serializes"))
+                .map_err(LocalError::io(format!("write {}", cfg_path.display())))?;
+            let log_path = self.layout.log_file(&slot, &c.name);
+            let log = logs::open_for_container(&log_path)?;
+            self.rotator.watch(log_path);
+            let pid = rt.create_start(&StartRequest { id: &id, bundle: &bundle, log: &log })?;
+            tracing::debug!(slot, container = %c.name, id, pid, runtime = rt.name(), "container started");
+            let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
+            self.reaper.track(pid, start_time);
+            let last = rec.containers.last_mut().expect("pushed above");
+            last.pid = pid;
+            last.start_time = start_time;
+        }
+        Ok(())
+    }
+
+    /// Kill and delete every container of the slot and drop their writable layers.
+    fn stop_containers(&self, rec: &mut SlotRecord) -> Result<()> {
+        let rt = self.runtime(rec.runtime)?;
+        let mut first_err = None;
+        // SIGKILL the inits ourselves first (killing a pid namespace's init kills all of it) and
+        // reap them, so the runtime's delete finds stopped containers: `runc delete --force` on a
+        // running one sleeps 100 ms before it even checks.
+        for c in &rec.containers {
+            if alive(c.pid, c.start_time) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        for c in &rec.containers {
+            self.reaper.untrack_and_wait(c.pid, Duration::from_secs(2));
+            if let Err(e) = rt.kill_delete(&c.container_id) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for c in &rec.containers {
+            if let Err(e) = rootfs::discard(&self.layout.container_dir(&rec.spec.slot_id, c.index)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        rec.containers.clear();
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn switch_blocking(&self, rec: &mut SlotRecord, specs: &[ContainerSpec], images: &[LocalImage]) -> Result<()> {
+        let slot = rec.spec.slot_id.clone();
+        self.stop_containers(rec)?;
+        for c in specs {
+            logs::remove(&self.layout.log_file(&slot, &c.name));
+        }
+        rec.generation += 1;
+        let res = self.start_containers(rec, specs, images);
+        state::save(&self.layout, rec)?;
+        res
+    }
+
+    /// Free everything of a slot; best effort, logs what it could not remove.
+    fn destroy_blocking(&self, slot: &str, rec: Option<&mut SlotRecord>) {
+        let mut errors: Vec<String> = Vec::new();
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                errors.push(e.to_string());
+            }
+        };
+        let (ip, veth, egress) = match rec {
+            Some(rec) => {
+                let runtime = self.runtime(rec.runtime);
+                if runtime.is_ok() {
+                    note(self.stop_containers(rec));
+                }
+                (rec.ip.parse::<Ipv4Addr>().ok(), Some(rec.veth.clone()), rec.spec.egress)
+            }
+            None => (None, None, true),
+        };
+        // Runtime state of this slot that the record does not know about (crash mid-start).
+        let mut runtimes: Vec<Arc<dyn OciRuntime>> = vec![self.libcontainer.clone()];
+        if let Some(r) = &self.runc {
+            runtimes.push(r.clone());
+        }
+        for rt in runtimes {
+            for id in rt.list().into_iter().filter(|id| state::id_belongs_to(id, slot)) {
+                note(rt.kill_delete(&id));
+            }
+        }
+        let dir = self.layout.slot_dir(slot);
+        rootfs::unmount_all_under(&dir);
+        note(cgroup::remove_slot_cgroup(slot));
+        if let Some(ip) = ip
+            && !egress
+        {
+            note(net::set_egress(ip, true));
+        }
+        let veth = veth.or_else(|| ip.map(net::veth_name)).unwrap_or_default();
+        note(net::destroy_slot_net(&self.layout.netns_file(slot), &veth));
+        self.rotator.unwatch_under(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("remove {}: {e}", dir.display()));
+        }
+        if let Some(ip) = ip {
+            self.ipam.lock().release(ip);
+        }
+        if !errors.is_empty() {
+            warn!(slot, errors = ?errors, "slot destroyed with errors");
+        }
+    }
+
+    fn container_state(&self, slot: &str, c: &ContainerRecord) -> ContainerState {
+        if c.pid <= 0 {
+            return ContainerState::Missing;
+        }
+        let exit = match self.reaper.exit_of(c.pid) {
+            Some(e) => Some(e),
+            None if alive(c.pid, c.start_time) => None,
+            None => Some(Exit::Unknown),
+        };
+        match exit {
+            None => ContainerState::Running { pid: c.pid },
+            Some(e) => {
+                let killed = matches!(e, Exit::Signal(9) | Exit::Unknown);
+                let oom_killed = killed
+                    && (cgroup::container_oom_kill_count(slot, &c.container_id) > 0
+                        || cgroup::oom_kill_count(slot) > c.oom_baseline);
+                let exit_code = if oom_killed { Some(137) } else { e.code() };
+                ContainerState::Exited { exit_code, oom_killed }
+            }
+        }
+    }
+
+    fn observe(&self, rec: &SlotRecord) -> SlotObservation {
+        let slot = &rec.spec.slot_id;
+        SlotObservation {
+            slot_id: slot.clone(),
+            pool: rec.spec.pool.clone(),
+            ip: Some(rec.ip.clone()),
+            containers: rec
+                .containers
+                .iter()
+                .map(|c| ContainerObservation {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    container_id: c.container_id.clone(),
+                    state: self.container_state(slot, c),
+                })
+                .collect(),
+        }
+    }
+
+    /// Re-adopt complete slots, destroy incomplete ones and strays.
+    fn recover(&self) -> Result<()> {
+        let mut found = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.layout.slots_dir()) {
+            for e in rd.flatten() {
+                if let Ok(name) = e.file_name().into_string() {
+                    found.push(name);
+                }
+            }
+        }
+        for slot in &found {
+            let rec = state::load(&self.layout.slot_file(slot)).unwrap_or_else(|e| {
+                warn!(slot, error = %e, "unreadable slot state, destroying the slot");
+                None
+            });
+            match rec {
+                Some(mut rec) if rec.complete => {
+                    if let Ok(ip) = rec.ip.parse() {
+                        self.ipam.lock().reserve(ip);
+                    }
+                    let rt = self.runtime(rec.runtime).ok();
+                    for c in &mut rec.containers {
+                        // A container the runtime no longer knows (and whose init is gone) is Missing.
+                        if c.pid > 0
+                            && !alive(c.pid, c.start_time)
+                            && rt.as_ref().is_some_and(|rt| matches!(rt.state(&c.container_id), Ok(None)))
+                        {
+                            c.pid = 0;
+                        }
+                        if c.pid > 0 {
+                            self.reaper.track(c.pid, c.start_time);
+                        }
+                        self.rotator.watch(self.layout.log_file(slot, &c.name));
+                    }
+                    info!(slot, ip = %rec.ip, "re-adopted slot");
+                    self.slots.lock().insert(slot.clone(), Arc::new(tokio::sync::Mutex::new(rec)));
+                }
+                Some(mut rec) => {
+                    info!(slot, "destroying half-created slot");
+                    if let Ok(ip) = rec.ip.parse() {
+                        self.ipam.lock().reserve(ip);
+                    }
+                    self.destroy_blocking(slot, Some(&mut rec));
+                }
+                None => {
+                    info!(slot, "destroying slot without state");
+                    self.destroy_blocking(slot, None);
+                }
+            }
+        }
+        // Namespaces whose slot directory is gone (crash between the two removals).
+        if let Ok(rd) = std::fs::read_dir(self.layout.netns_dir()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !found.contains(&name) {
+                    let _ = net::destroy_slot_net(&e.path(), "");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_blocking(
+        &self,
+        rt: Arc<dyn OciRuntime>,
+        id: &str,
+        p: ExecProcess,
+        req_stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let pipes = ExecPipes::new(req_stdin.is_some())?;
+        let (child, parent) = pipes.split();
+        let capture = Capture::start(parent, req_stdin);
+        let waiter = match rt.exec(id, &p, child) {
+            Ok(w) => w,
+            Err(e) => {
+                drop(capture.finish());
+                return Err(e);
+            }
+        };
+        let (exit, timed_out) = waiter.wait(timeout)?;
+        let out = capture.finish();
+        Ok(ExecOutput {
+            exit_code: if timed_out { 124 } else { exit.code().unwrap_or(-1) },
+            stdout: out.stdout,
+            stderr: out.stderr,
+            timed_out,
+            truncated: out.truncated,
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn prepare_image(&self, image: &str, credentials: &[RegistryCredential]) -> Result<(), BackendError> {
+        self.inner
+            .images
+            .ensure(image, credentials)
+            .await
+            .map(|_| ())
+            .map_err(|message| BackendError::Image { image: image.to_owned(), message })
+    }
+
+    #[tracing::instrument(skip_all, fields(slot = %spec.slot_id))]
+    async fn create_slot(&self, spec: &SlotSpec) -> Result<SlotObservation, BackendError> {
+        Ok(self.create_inner(spec).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn switch(
+        &self,
+        slot_id: &str,
+        containers: &[ContainerSpec],
+        credentials: &[RegistryCredential],
+    ) -> Result<SlotObservation, BackendError> {
+        let handle = self.handle(slot_id)?;
+        validate(slot_id, containers)?;
+        let images = self.resolve_images(containers, credentials).await?;
+        let guard = handle.lock_owned().await;
+        let inner = self.inner.clone();
+        let specs = containers.to_vec();
+        Ok(blocking(move || {
+            let mut guard = guard;
+            inner.switch_blocking(&mut guard, &specs, &images)?;
+            Ok(inner.observe(&guard))
+        })
+        .await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn exec(&self, slot_id: &str, req: &ExecRequest) -> Result<ExecOutput, BackendError> {
+        if req.argv.is_empty() {
+            return Err(BackendError::Invalid("exec needs a command (argv is empty)".into()));
+        }
+        let handle = self.handle(slot_id)?;
+        let (rt, id, rootfs) = {
+            let rec = handle.lock().await;
+            let c = match &req.container {
+                Some(name) => rec.containers.iter().find(|c| &c.name == name),
+                None => rec.containers.first(),
+            }
+            .ok_or_else(|| LocalError::ContainerNotFound {
+                slot: slot_id.to_owned(),
+                container: req.container.clone().unwrap_or_else(|| "0".into()),
+            })?;
+            if !self.inner.container_state(slot_id, c).is_running() {
+                return Err(LocalError::NotRunning { slot: slot_id.to_owned(), container: c.name.clone() }.into());
+            }
+            let rootfs = rootfs::RootfsDirs::new(&self.inner.layout.container_dir(slot_id, c.index)).merged;
+            (self.inner.runtime(rec.runtime)?, c.container_id.clone(), rootfs)
+        };
+        let (uid, gid) = spec::resolve_user(req.user.as_deref(), &rootfs).map_err(BackendError::Invalid)?;
+        let p = ExecProcess {
+            args: req.argv.clone(),
+            env: req.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: req.cwd.clone(),
+            uid,
+            gid,
+        };
+        let inner = self.inner.clone();
+        let (stdin, timeout) = (req.stdin.clone(), req.timeout);
+        Ok(blocking(move || inner.exec_blocking(rt, &id, p, stdin, timeout)).await?)
+    }
+
+    async fn inspect(&self, slot_id: &str) -> Result<SlotObservation, BackendError> {
+        let handle = self.handle(slot_id)?;
+        let rec = handle.lock().await;
+        Ok(self.inner.observe(&rec))
+    }
+
+    async fn list_slots(&self) -> Result<Vec<SlotObservation>, BackendError> {
+        let handles: Vec<SlotHandle> = self.inner.slots.lock().values().cloned().collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            let rec = h.lock().await;
+            out.push(self.inner.observe(&rec));
+        }
+        out.sort_by(|a, b| a.slot_id.cmp(&b.slot_id));
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn destroy_slot(&self, slot_id: &str) -> Result<(), BackendError> {
+        let handle = self.inner.slots.lock().get(slot_id).cloned();
+        let inner = self.inner.clone();
+        let slot = slot_id.to_owned();
+        match handle {
+            Some(h) => {
+                let guard = h.lock_owned().await;
+                blocking(move || {
+                    let mut guard = guard;
+                    inner.destroy_blocking(&slot, Some(&mut guard));
+                    inner.slots.lock().remove(&slot);
+                    Ok(())
+                })
+                .await?;
+            }
+            None => {
+                if self.inner.layout.slot_dir(slot_id).exists() || self.inner.layout.netns_file(slot_id).exists() {
+                    blocking(move || {
+                        inner.destroy_blocking(&slot, None);
+                        Ok(())
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
+        let handle = self.handle(slot_id)?;
+        let names: Vec<String> = {
+            let rec = handle.lock().await;
+            match container {
+                Some(n) => {
+                    if !rec.containers.iter().any(|c| c.name == n) {
+                        return Err(BackendError::ContainerNotFound {
+                            slot: slot_id.to_owned(),
+                            container: n.to_owned(),
+                        });
+                    }
+                    vec![n.to_owned()]
+                }
+                None => rec.containers.iter().map(|c| c.name.clone()).collect(),
+            }
+        };
+        let layout = self.inner.layout.clone();
+        let slot = slot_id.to_owned();
+        Ok(blocking(move || {
+            let mut out = Vec::new();
+            for n in names {
+                for line in logs::tail(&layout.log_file(&slot, &n), lines) {
+                    out.push(LogLine { timestamp: None, container: n.clone(), stream: "combined".into(), line });
+                }
+            }
+            Ok(out)
+        })
+        .await?)
+    }
+}
