@@ -64,6 +64,8 @@ fn main() -> ExitCode {
             Command::Bench(a) => a.run().await,
         }
     });
+    // Do not wait forever for blocking work that is stuck (e.g. a runtime call) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
     match res {
         Ok(code) => code,
         Err(e) => {

@@ -45,12 +45,23 @@ fn default_pool_claim_exec_release() {
     assert_eq!(r["exitCode"], 0, "{r}");
 
     // Exec: env and cwd.
-    let r = srv.exec(&id, &json!({"command": "echo \"$GREETING\"; pwd", "env": {"GREETING": "hi there"}, "cwd": "/tmp"}));
+    let r =
+        srv.exec(&id, &json!({"command": "echo \"$GREETING\"; pwd", "env": {"GREETING": "hi there"}, "cwd": "/tmp"}));
     assert_eq!(r["stdout"], "hi there\n/tmp\n", "{r}");
 
     // Exec: stdin.
     let r = srv.exec(&id, &json!({"command": ["cat"], "stdin": "piped input"}));
     assert_eq!(r["stdout"], "piped input", "{r}");
+
+    // Exec: a command that outlives its timeout is stopped and reported, the sandbox stays usable.
+    let t = Instant::now();
+    let r = srv.exec(&id, &json!({"command": "echo started; sleep 20; echo finished", "timeoutSeconds": 1}));
+    let took = t.elapsed();
+    assert_eq!(r["timedOut"], true, "{r}");
+    assert_ne!(r["exitCode"], 0, "{r}");
+    assert!(!r["stdout"].as_str().unwrap_or("").contains("finished"), "{r}");
+    assert!(took < std::time::Duration::from_secs(10), "a 1 s exec timeout took {took:?}");
+    assert_eq!(srv.sh_ok(&id, "echo after-timeout"), "after-timeout\n");
 
     // The sandbox is listed as Running in its pool.
     let l = srv.get("/v1/sandboxes?status=Running&poolName=default").expect(200);
@@ -127,9 +138,14 @@ fn default_pool_claim_exec_release() {
     let out = srv.cli(&["sandbox", "create", "--pool", "nope"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not found") && err.contains("default"), "CLI error should name the pool and list available ones: {err}");
+    assert!(
+        err.contains("not found") && err.contains("default"),
+        "CLI error should name the pool and list available ones: {err}"
+    );
 
-    srv.wait_for("CLI sandbox to be recycled", common::WARMUP, || (srv.sandbox(&cli_id)["status"] == "Completed").then_some(()));
+    srv.wait_for("CLI sandbox to be recycled", common::WARMUP, || {
+        (srv.sandbox(&cli_id)["status"] == "Completed").then_some(())
+    });
     srv.wait_pool_idle("default", 2);
 }
 

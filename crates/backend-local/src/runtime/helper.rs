@@ -133,7 +133,7 @@ fn exec(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
         .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
     let num = |k: &str| a.one(k).ok().and_then(|v| v.parse::<u32>().ok());
-    let pid = ContainerBuilder::new(a.one("id")?.to_string(), SyscallType::default())
+    let built = ContainerBuilder::new(a.one("id")?.to_string(), SyscallType::default())
         .with_root_path(PathBuf::from(a.one("root")?))
         .map_err(|e| e.to_string())?
         .with_stdin(dup_std(0)?)
@@ -146,8 +146,27 @@ fn exec(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
         .with_cwd(a.one("cwd").ok().map(PathBuf::from))
         .with_user(num("uid"))
         .with_group(num("gid"))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build();
+    let pid = match built {
+        Ok(pid) => pid,
+        Err(e) => {
+            // A command that cannot be started is the command's failure, reported like a shell
+            // does (127 not found, 126 not executable), not the sandbox's.
+            let msg = e.to_string();
+            let lower = msg.to_lowercase();
+            let code = if lower.contains("not found") || lower.contains("no such file") {
+                127
+            } else if lower.contains("permission denied") || lower.contains("not executable") {
+                126
+            } else {
+                return Err(msg);
+            };
+            use std::io::Write;
+            let name = a.rest.first().map(String::as_str).unwrap_or("");
+            let _ = writeln!(std::io::stderr(), "agentbox: cannot run {name}: {msg}");
+            return Ok(Outcome::Exited { code });
+        }
+    };
     let _ = std::fs::write(result.with_extension("pid"), pid.as_raw().to_string());
     loop {
         match waitpid(Pid::from_raw(pid.as_raw()), None) {

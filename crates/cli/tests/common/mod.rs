@@ -103,7 +103,12 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentbox")
 }
 
-fn drain<R: Read + Send + 'static>(r: R, tag: &'static str, logs: Arc<Mutex<Vec<String>>>, url_tx: Option<mpsc::Sender<String>>) {
+fn drain<R: Read + Send + 'static>(
+    r: R,
+    tag: &'static str,
+    logs: Arc<Mutex<Vec<String>>>,
+    url_tx: Option<mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
@@ -298,7 +303,12 @@ impl Server {
             last = p["status"].clone();
             ok.then_some(p)
         });
-        r.unwrap_or_else(|| panic!("pool {name} did not reach {n} idle slots in {WARMUP:?}; last status {last}; log tail:\n{}", self.log_tail(150)))
+        r.unwrap_or_else(|| {
+            panic!(
+                "pool {name} did not reach {n} idle slots in {WARMUP:?}; last status {last}; log tail:\n{}",
+                self.log_tail(150)
+            )
+        })
     }
 
     fn wait_for_opt<T>(&self, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -394,8 +404,12 @@ impl Server {
         if list.status != 200 {
             return Err(format!("list pools: {} {}", list.status, list.text));
         }
-        let names: Vec<String> =
-            list.body["items"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_string)).collect();
+        let names: Vec<String> = list.body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str().map(str::to_string))
+            .collect();
         for n in &names {
             let _ = self.delete(&format!("/v1/sandboxpools/{n}"));
         }
@@ -416,12 +430,18 @@ impl Server {
                 eprintln!("cleanup: could not restart the server to delete its pools");
             }
         }
-        if self.is_running() {
-            if let Err(e) = self.delete_all_pools() {
-                eprintln!("cleanup: {e}");
-            }
+        if self.is_running()
+            && let Err(e) = self.delete_all_pools()
+        {
+            eprintln!("cleanup: {e}");
         }
         self.stop();
+        if let Some(d) = &self.data {
+            let left = remove_leftovers(d.path(), &self.opts);
+            if !left.is_empty() {
+                eprintln!("cleanup: the server left these behind (removed now): {left:?}");
+            }
+        }
         remove_host_network(&self.opts);
         if let Some(d) = self.data.take() {
             let path = d.path().to_path_buf();
@@ -444,7 +464,10 @@ impl Drop for Server {
         let panicking = std::thread::panicking();
         self.cleanup();
         if panicking {
-            eprintln!("===== agentbox serve log (last 300 lines) =====\n{}\n===== end of log =====", self.log_tail(300));
+            eprintln!(
+                "===== agentbox serve log (last 300 lines) =====\n{}\n===== end of log =====",
+                self.log_tail(300)
+            );
         }
     }
 }
@@ -474,6 +497,72 @@ pub fn remove_host_network(opts: &Opts) {
     }
     if Path::new("/sys/class/net").join(&br).exists() {
         let _ = Command::new("ip").args(["link", "del", &br]).status();
+    }
+}
+
+/// Last-resort cleanup after the server is gone: kill the processes left in the cgroups of the
+/// slots recorded in `data_dir` (they were started by this test's server), remove those cgroup
+/// directories and the host veths of the test's subnet. Returns what it found.
+pub fn remove_leftovers(data_dir: &Path, opts: &Opts) -> Vec<String> {
+    let mut found = vec![];
+    let slots: Vec<String> = std::fs::read_dir(data_dir.join("local/slots"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = vec![];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in rd.flatten() {
+            for slot in &slots {
+                let d = h.path().join("agentbox").join(slot);
+                if d.is_dir() {
+                    collect_dirs(&d, &mut dirs);
+                }
+            }
+        }
+    }
+    let pids: BTreeSet<i32> = dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    for pid in pids {
+        found.push(format!("process {pid}"));
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if !dirs.is_empty() {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for d in &dirs {
+        found.push(format!("cgroup {}", d.display()));
+        let _ = std::fs::remove_dir(d);
+    }
+    let prefix = opts.veth_prefix();
+    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&prefix) {
+                found.push(format!("veth {n}"));
+                let _ = Command::new("ip").args(["link", "del", &n]).status();
+            }
+        }
+    }
+    found
+}
+
+fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) {
+    out.push(d.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                collect_dirs(&e.path(), out);
+            }
+        }
     }
 }
 
