@@ -252,7 +252,8 @@ impl HelperClient {
         }
         cmd.arg("--").args(&p.args);
         cmd.stdin(Stdio::from(fds.stdin)).stdout(Stdio::from(fds.stdout)).stderr(Stdio::from(fds.stderr));
-        let child = super::spawn_locked(&mut cmd).map_err(|e| err(format!("starting helper {}: {e}", self.binary.display())))?;
+        let child = super::spawn_locked(&mut cmd)
+            .map_err(|e| err(format!("starting helper {}: {e}", self.binary.display())))?;
         Ok(super::ExecWaiter::Helper { child, result })
     }
 
