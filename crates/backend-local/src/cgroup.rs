@@ -24,7 +24,14 @@ struct Hierarchy {
     controllers: Vec<String>,
 }
 
+/// The mounted hierarchies, read once: cgroup mounts do not change while we run, and
+/// `/proc/self/mountinfo` grows with every slot (reading it per call made inspect O(slots)).
 fn hierarchies() -> Vec<Hierarchy> {
+    static CACHE: std::sync::OnceLock<Vec<Hierarchy>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(read_hierarchies).clone()
+}
+
+fn read_hierarchies() -> Vec<Hierarchy> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return vec![] };
     let mut out = Vec::new();
     for line in info.lines() {
