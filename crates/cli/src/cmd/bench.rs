@@ -158,7 +158,8 @@ async fn claim_rounds(
         let start = Instant::now();
         let mut tasks = vec![];
         for _ in 0..workers.min(quota) {
-            let (client, pool, next, image) = (client.clone(), pool.to_string(), Arc::clone(&next), image.map(str::to_string));
+            let (client, pool, next, image) =
+                (client.clone(), pool.to_string(), Arc::clone(&next), image.map(str::to_string));
             tasks.push(tokio::spawn(async move {
                 let mut out = vec![];
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < quota {
@@ -308,7 +309,8 @@ impl BenchArgs {
         let switch1 = stats(lat);
         eprintln!("bench: claim with image switch, concurrency {k}");
         let (lat, _) =
-            claim_rounds(&client, "bench-switch", None, (self.concurrent_claims / 4).max(k), k, per_round, size).await?;
+            claim_rounds(&client, "bench-switch", None, (self.concurrent_claims / 4).max(k), k, per_round, size)
+                .await?;
         let switch_k = stats(lat);
 
         eprintln!("bench: claim + release cycles, concurrency {k} (slots must be recycled)");
@@ -371,8 +373,17 @@ impl BenchArgs {
             None
         };
 
+        // Clean up and wait until every benchmark slot is destroyed.
         for p in ["bench-same", "bench-switch", "bench-refill"] {
             let _ = client.delete::<Value>(&format!("/v1/sandboxpools/{p}")).await;
+        }
+        for p in ["bench-same", "bench-switch", "bench-refill"] {
+            for _ in 0..1200 {
+                if client.get::<Value>(&format!("/v1/sandboxpools/{p}")).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
 
         let ratio = baseline.as_ref().map(|b| b.p50_ms / ttfc.p50_ms);

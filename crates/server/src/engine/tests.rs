@@ -257,3 +257,33 @@ async fn scale_down_removes_idle_slots_only() {
     assert_eq!(r.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap().status, SandboxStatus::Running);
     assert_eq!(r.engine.get_pool(&auth, "p").unwrap().status.counts.running, 1);
 }
+
+#[tokio::test]
+async fn client_gone_before_the_answer_cancels_the_sandbox() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 1, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 1).await;
+    let first = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    // A second request waits for a slot; then its client disconnects (the handler future is dropped).
+    let e = Arc::clone(&r.engine);
+    let waiting = tokio::spawn(async move { e.create_sandbox(&AuthInfo::dev_admin(), claim_req("p")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    waiting.abort();
+    let _ = waiting.await;
+    // The slot comes back; the orphaned claim takes it, finds nobody to answer and cancels.
+    r.engine.delete_sandbox(&auth, &first.sandbox_id).unwrap();
+    for _ in 0..300 {
+        let list = r
+            .engine
+            .list_sandboxes(&auth, &ListSandboxesQuery { status: Some("Canceled".into()), ..Default::default() })
+            .unwrap();
+        if let Some(sb) = list.items.first() {
+            assert_eq!(sb.failure_reason.as_deref(), Some("ClientGone"));
+            wait_idle(&r, "p", 1).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the abandoned claim was never canceled");
+}
