@@ -40,6 +40,8 @@ struct Inner {
     rotator: Arc<Rotator>,
     libcontainer: Arc<Libcontainer>,
     runc: Option<Arc<Runc>>,
+    /// Holds the slots' netns bind mounts outside the host mount namespace.
+    netns: net::NetnsHolder,
 }
 
 /// Slots as real Linux containers on this host (see the crate docs).
@@ -91,6 +93,8 @@ impl LocalBackend {
         }
         let bridge = cfg.bridge_name.clone();
         blocking(move || net::ensure_host_network(&bridge, subnet)).await?;
+        let netns_dir = layout.netns_dir();
+        let netns = blocking(move || net::NetnsHolder::start(&netns_dir)).await?;
         let rotator = Arc::new(Rotator::new(cfg.log_max_bytes));
         let r2 = rotator.clone();
         let reaper = Reaper::start(Box::new(move || r2.tick())).map_err(LocalError::io("become child subreaper"))?;
@@ -114,10 +118,17 @@ impl LocalBackend {
             rotator,
             libcontainer,
             runc,
+            netns,
         });
         let i2 = inner.clone();
         blocking(move || i2.recover()).await?;
         Ok(LocalBackend { inner })
+    }
+
+    /// Mount points at or below `dir` in the private mount namespace that holds the slots' network
+    /// namespaces (leak checks; the host's are in `leaks::mounts_under`).
+    pub fn private_mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        self.inner.netns.mounts_under(dir)
     }
 
     /// Remove the host bridge and the NAT/forward rules this backend's config set up. For tests and
@@ -260,6 +271,7 @@ impl Inner {
         self.write_etc(rec)?;
         let ip: Ipv4Addr = rec.ip.parse().map_err(|_| LocalError::Invalid(format!("bad ip {}", rec.ip)))?;
         net::create_slot_net(&SlotNet {
+            holder: &self.netns,
             netns: &rec.netns,
             ip,
             subnet: self.subnet,
@@ -301,7 +313,7 @@ impl Inner {
                 container: c,
                 image: img,
                 rootfs: &merged,
-                netns: &rec.netns,
+                netns: &self.netns.host_path(&rec.netns),
                 etc_dir: &self.layout.etc_dir(&slot),
                 cgroups_path: cgroup::container_cgroups_path(&slot, &id),
                 etc_files: etc_targets(&merged, img),
@@ -315,6 +327,9 @@ impl Inner {
             let log = logs::open_for_container(&log_path)?;
             self.rotator.watch(log_path);
             let pid = rt.create_start(&StartRequest { id: &id, bundle: &bundle, log: &log })?;
+            // The container holds its own copy of the overlay now; the host's copy only made every
+            // mountinfo read (and so every later create/exec) slower with each slot.
+            rootfs::detach_host_view(&merged)?;
             tracing::debug!(slot, container = %c.name, id, pid, runtime = rt.name(), "container started");
             let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
             self.reaper.track(pid, start_time);
@@ -401,7 +416,7 @@ impl Inner {
             note(net::set_egress(ip, true));
         }
         let veth = veth.or_else(|| ip.map(net::veth_name)).unwrap_or_default();
-        note(net::destroy_slot_net(&self.layout.netns_file(slot), &veth));
+        note(net::destroy_slot_net(&self.netns, &self.layout.netns_file(slot), &veth));
         self.rotator.unwatch_under(&dir);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -457,6 +472,29 @@ impl Inner {
         }
     }
 
+    /// Keep the network namespace of a re-adopted slot: bind it from a running container, or (no
+    /// container runs, so the namespace died with the previous holder) create the network again
+    /// with the same IP, so a later switch starts in a working network.
+    fn readopt_netns(&self, rec: &SlotRecord) -> Result<()> {
+        let running = rec.containers.iter().find(|c| c.pid > 0 && alive(c.pid, c.start_time));
+        if let Some(c) = running {
+            return self.netns.adopt(&rec.netns, c.pid);
+        }
+        if !self.netns.mounts_under(&rec.netns).is_empty() {
+            return Ok(());
+        }
+        let ip: Ipv4Addr = rec.ip.parse().map_err(|_| LocalError::Invalid(format!("bad ip {}", rec.ip)))?;
+        let _ = std::fs::remove_file(&rec.netns);
+        net::create_slot_net(&SlotNet {
+            holder: &self.netns,
+            netns: &rec.netns,
+            ip,
+            subnet: self.subnet,
+            veth: &rec.veth,
+            bridge: &self.bridge,
+        })
+    }
+
     /// Re-adopt complete slots, destroy incomplete ones and strays.
     fn recover(&self) -> Result<()> {
         let mut found = Vec::new();
@@ -491,6 +529,9 @@ impl Inner {
                         }
                         self.rotator.watch(self.layout.log_file(slot, &c.name));
                     }
+                    if let Err(e) = self.readopt_netns(&rec) {
+                        warn!(slot, error = %e, "cannot restore the slot network; its containers keep running");
+                    }
                     info!(slot, ip = %rec.ip, "re-adopted slot");
                     self.slots.lock().insert(slot.clone(), Arc::new(tokio::sync::Mutex::new(rec)));
                 }
@@ -512,7 +553,7 @@ impl Inner {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !found.contains(&name) {
-                    let _ = net::destroy_slot_net(&e.path(), "");
+                    let _ = net::destroy_slot_net(&self.netns, &e.path(), "");
                 }
             }
         }
@@ -609,7 +650,8 @@ impl Backend for LocalBackend {
             if !self.inner.container_state(slot_id, c).is_running() {
                 return Err(LocalError::NotRunning { slot: slot_id.to_owned(), container: c.name.clone() }.into());
             }
-            let rootfs = rootfs::RootfsDirs::new(&self.inner.layout.container_dir(slot_id, c.index)).merged;
+            // The host does not see the container's rootfs (see `rootfs::detach_host_view`).
+            let rootfs = PathBuf::from(format!("/proc/{}/root", c.pid));
             (self.inner.runtime(rec.runtime)?, c.container_id.clone(), rootfs)
         };
         let (uid, gid) = spec::resolve_user(req.user.as_deref(), &rootfs).map_err(BackendError::Invalid)?;

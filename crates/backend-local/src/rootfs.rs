@@ -48,6 +48,20 @@ pub fn mount(bundle: &Path, layers: &[PathBuf], empty_layer: &Path) -> Result<Pa
     Ok(d.merged)
 }
 
+/// Drop the host mount namespace's view of a started container's rootfs overlay.
+///
+/// The container keeps its own copy of the mount in its mount namespace (its root is private, see
+/// `spec::build`), and the overlay lives as long as that namespace. The host namespace then holds
+/// no per-container overlay mount: every `/proc/self/mountinfo` read (libcgroups does ~12 per
+/// create and per exec) stays short however many slots run. Use `/proc/<init pid>/root` to look
+/// into the container afterwards. Idempotent.
+pub fn detach_host_view(merged: &Path) -> Result<()> {
+    match nix::mount::umount2(merged, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(LocalError::Sys { call: "umount2(rootfs host view)", errno: e }),
+    }
+}
+
 /// Unmount the container's rootfs (if mounted) and delete its writable layer. Idempotent.
 pub fn discard(bundle: &Path) -> Result<()> {
     let d = RootfsDirs::new(bundle);
@@ -64,16 +78,7 @@ pub fn discard(bundle: &Path) -> Result<()> {
 
 /// Mount points at or below `dir` (from `/proc/self/mountinfo`), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return vec![] };
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|mp| PathBuf::from(mp.replace("\\040", " ")))
-        .filter(|mp| mp.starts_with(dir))
-        .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    v.dedup();
-    v
+    crate::net::mount_points("/proc/self/mountinfo", dir)
 }
 
 /// Lazily unmount everything at or below `dir`.

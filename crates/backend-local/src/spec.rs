@@ -225,6 +225,10 @@ pub fn build(i: &SpecInput<'_>) -> Value {
         "hostname": i.slot_id,
         "mounts": mounts,
         "linux": {
+            // Private, not the default slave: the host detaches its view of the rootfs overlay once
+            // the container runs (see `rootfs::detach_host_view`), and that unmount must not
+            // propagate into the container.
+            "rootfsPropagation": "private",
             "cgroupsPath": i.cgroups_path,
             "namespaces": [
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
@@ -308,6 +312,7 @@ mod tests {
             gid: 0,
         });
         assert_eq!(s["linux"]["cgroupsPath"], "/agentbox/s1/x");
+        assert_eq!(s["linux"]["rootfsPropagation"], "private");
         assert!(s["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hosts"));
         assert!(!s["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hostname"));
         assert_eq!(s["process"]["noNewPrivileges"], true);

@@ -5,7 +5,7 @@
 //! <state_dir>/slots/<slot>/containers/<n>/        OCI bundle of container n: config.json, upper/, work/, merged/
 //! <state_dir>/slots/<slot>/logs/<name>.log        stdout+stderr of container <name> (+ one rotated .1)
 //! <state_dir>/slots/<slot>/etc/                   hostname, hosts, resolv.conf bound into every container
-//! <state_dir>/netns/<slot>                        bind mount of the slot's network namespace
+//! <state_dir>/netns/<slot>                        bind mount of the slot's netns (in the holder mount namespace, see net.rs)
 //! <state_dir>/runc/, <state_dir>/youki/           runtime state roots
 //! ```
 

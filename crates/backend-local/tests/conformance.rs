@@ -94,13 +94,14 @@ async fn wait_exited(b: &LocalBackend, slot: &str) -> ContainerState {
     }
 }
 
-fn assert_no_leaks(state: &Path, slot: &str, veth_ip: &str) {
+fn assert_no_leaks(b: &LocalBackend, state: &Path, slot: &str, veth_ip: &str) {
     assert!(leaks::cgroup_paths(slot).is_empty(), "cgroups left: {:?}", leaks::cgroup_paths(slot));
     let slot_dir = state.join("slots").join(slot);
     assert!(leaks::mounts_under(&slot_dir).is_empty(), "mounts left: {:?}", leaks::mounts_under(&slot_dir));
     assert!(!slot_dir.exists(), "slot dir left");
     let netns = state.join("netns").join(slot);
     assert!(leaks::mounts_under(&netns).is_empty() && !netns.exists(), "netns left");
+    assert!(b.private_mounts_under(&netns).is_empty(), "netns bind left in the holder namespace");
     let ip: std::net::Ipv4Addr = veth_ip.parse().unwrap();
     let veth = format!("ab{:08x}", u32::from(ip));
     assert!(!Path::new("/sys/class/net").join(&veth).exists(), "veth {veth} left");
@@ -136,6 +137,24 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
     assert!(sw.main().unwrap().state.is_running(), "{sw:?}");
     assert_ne!(sw.containers[0].container_id, obs.containers[0].container_id);
     assert_eq!(sw.ip.as_deref(), Some(ip.as_str()));
+
+    eprintln!("[{:>8.1?}] rootfs after the host dropped its view of it", t0.elapsed());
+
+    // --- the host detached its copy of the overlay; the container keeps working on its own copy
+    let slot_dir = state.join("slots").join(&slot);
+    assert!(leaks::mounts_under(&slot_dir).is_empty(), "host still mounts {:?}", leaks::mounts_under(&slot_dir));
+    // the netns is kept by a bind mount outside the host mount namespace
+    let netns = state.join("netns").join(&slot);
+    assert!(leaks::mounts_under(&netns).is_empty(), "netns bind in the host mount namespace");
+    assert_eq!(b.private_mounts_under(&netns), vec![netns.clone()]);
+    let o = sh(&b, &slot, "ls /; test -d /var/tmp && echo image-dir; echo t > /tmp/t && cat /tmp/t").await;
+    let out = text(&o.stdout);
+    assert_eq!(o.exit_code, 0, "{out} {}", text(&o.stderr));
+    assert!(out.contains("usr\n") && out.contains("image-dir\n") && out.ends_with("t\n"), "{out}");
+    // user names resolve through the container's own view (/etc is a host bind in `host`)
+    let mut r = req(&["id", "-u"]);
+    r.user = Some("nobody".into());
+    assert_eq!(text(&b.exec(&slot, &r).await.unwrap().stdout), "65534\n");
 
     eprintln!("[{:>8.1?}] exec: stdout, stderr, exit code", t0.elapsed());
 
@@ -279,6 +298,7 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
         .expect("create slot 2");
     let ip2 = obs2.ip.clone().unwrap();
     assert_ne!(ip2, ip);
+    let ns2_before = text(&sh(&b, &slot2, "readlink /proc/self/ns/net").await.stdout);
     let drop_rule = ["-C", "FORWARD", "-s", &format!("{ip2}/32"), "-j", "DROP"];
     assert!(
         std::process::Command::new("iptables").args(drop_rule).status().unwrap().success(),
@@ -297,6 +317,15 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
     assert!(listed.iter().any(|s| s.slot_id == slot), "slot 1 re-adopted");
     let o = sh(&b, &slot2, "echo alive").await;
     assert_eq!(text(&o.stdout), "alive\n");
+    // the re-adopted slot's netns is held again, and it is the same one
+    let netns2 = state.join("netns").join(&slot2);
+    assert_eq!(b.private_mounts_under(&netns2), vec![netns2.clone()]);
+    b.switch(&slot2, &[container("main", "host", &["sleep", "infinity"])], &[]).await.expect("switch after restart");
+    assert_eq!(text(&sh(&b, &slot2, "readlink /proc/self/ns/net").await.stdout), ns2_before);
+    // slot 1's container had exited, so its netns died with the old holder: recreated, same IP
+    b.switch(&slot, &[container("main", "host", &["sleep", "infinity"])], &[]).await.expect("switch slot 1");
+    let fib = text(&sh(&b, &slot, "cat /proc/net/fib_trie").await.stdout);
+    assert!(fib.contains(&ip), "slot ip {ip} not configured after restart: {fib}");
     // the new backend never hands out a live IP again
     let slot3 = format!("{tag}{}c", std::process::id());
     let obs3 = b.create_slot(&slot_spec(&slot3, rt, vec![container("main", "pause", &[])], true)).await.unwrap();
@@ -307,7 +336,7 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
     // --- destroy leaves nothing
     for (s, sip) in [(&slot, &ip), (&slot2, &ip2), (&slot3, obs3.ip.as_ref().unwrap())] {
         b.destroy_slot(s).await.expect("destroy");
-        assert_no_leaks(state, s, sip);
+        assert_no_leaks(&b, state, s, sip);
         b.destroy_slot(s).await.expect("destroy is idempotent");
         assert!(b.inspect(s).await.is_err());
     }
@@ -353,6 +382,25 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
     );
 }
 
+/// `dir` bind-mounted onto itself and made shared; unmounted on drop.
+struct SharedMount(std::path::PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        use nix::mount::{MsFlags, mount};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind state dir");
+        let m = SharedMount(dir.to_owned());
+        mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>).expect("make state dir shared");
+        m
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Run the suite; whatever happens, destroy every slot in `state` and remove the test bridge.
 async fn run(rt: RuntimeClass, tag: &'static str, bridge: &'static str, subnet: &'static str) {
     if let Some(reason) = skip_reason(rt) {
@@ -361,6 +409,9 @@ async fn run(rt: RuntimeClass, tag: &'static str, bridge: &'static str, subnet: 
     }
     let state = tempfile::tempdir().unwrap();
     let images = tempfile::tempdir().unwrap();
+    // A shared mount over the state dir, like `/` on systemd hosts (here it is private): the host's
+    // unmount of a running container's rootfs must not propagate into the container.
+    let shared = SharedMount::new(state.path());
     let (sp, ip) = (state.path().to_owned(), images.path().to_owned());
     let res = tokio::spawn(async move { suite(rt, tag, &sp, &ip, bridge, subnet).await }).await;
     // Cleanup through a fresh backend: it re-adopts whatever is left and destroys it.
@@ -370,6 +421,7 @@ async fn run(rt: RuntimeClass, tag: &'static str, bridge: &'static str, subnet: 
     }
     b.remove_host_network().await.expect("remove test bridge");
     drop(b);
+    drop(shared);
     if let Err(e) = res {
         std::panic::resume_unwind(e.into_panic());
     }
