@@ -4,15 +4,18 @@
 # warm `default` pool, run commands in it and release it. The server keeps running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root: sudo scripts/quickstart.sh" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (e.g. sudo scripts/quickstart.sh)" >&2; exit 2; }
 scripts/install-deps.sh
 cargo build --release --locked -p agentbox
 bin=target/release/agentbox
 export AGENTBOX_ENDPOINT=http://127.0.0.1:8080
+stop_hint="the server was already running"
 if ! curl -fsS "$AGENTBOX_ENDPOINT/ping" >/dev/null 2>&1; then
   mkdir -p /var/log
   nohup "$bin" serve >/var/log/agentbox.log 2>&1 &
-  echo "agentbox serve started (pid $!), log: /var/log/agentbox.log"
+  pid=$!
+  echo "agentbox serve started (pid $pid), log: /var/log/agentbox.log"
+  stop_hint="stop it with 'kill $pid' (sandboxes keep running and are adopted at the next start)"
   for _ in $(seq 100); do curl -fsS "$AGENTBOX_ENDPOINT/ping" >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 echo "== the default pool warms up"
@@ -25,4 +28,4 @@ echo "== run commands in it"
 echo "== release it (the slot goes back to the pool)"
 "$bin" sandbox delete "$id"
 "$bin" pool list
-echo "done. The server keeps running: stop it with 'kill $(pgrep -f "$bin serve" | head -1)'."
+echo "done. The server keeps running on $AGENTBOX_ENDPOINT: $stop_hint."
