@@ -186,7 +186,7 @@ impl Engine {
     /// Slot counts of a pool from the store, plus the claim queue's waiting requests.
     pub(crate) fn pool_counts(&self, pool: &Pool) -> Result<PoolCounts, AppError> {
         let mut c = PoolCounts::default();
-        for s in self.store.list_slots()?.into_iter().filter(|s| s.pool == pool.name && s.namespace == pool.namespace) {
+        for s in self.slots_of(pool)? {
             c.add(s.phase);
         }
         if let Some(rt) = self.pool_rt(&(pool.namespace.clone(), pool.name.clone())) {

@@ -416,10 +416,9 @@ impl Engine {
         let counts = self.pool_counts(&p)?;
         let phase = pool_phase(p.spec.replicas, &counts, p.deleting);
         let diagnostics: Vec<PoolDiagnostic> = self
-            .store
-            .list_slots()?
+            .slots_of(&p)?
             .into_iter()
-            .filter(|s| s.pool == p.name && s.namespace == p.namespace && s.phase == SlotPhase::Failed)
+            .filter(|s| s.phase == SlotPhase::Failed)
             .map(|s| PoolDiagnostic {
                 pod_name: s.slot_id,
                 phase: s.phase,

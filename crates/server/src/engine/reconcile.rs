@@ -20,7 +20,26 @@ fn new_slot_id(pool: &str) -> String {
     format!("{prefix}-{r:08x}")
 }
 
+/// Failure reason and exit code of a main container that is not running.
+pub(crate) fn exit_reason(state: &ContainerState) -> (&'static str, Option<i32>) {
+    match state {
+        ContainerState::Exited { oom_killed: true, exit_code } => ("OOMKilled", *exit_code),
+        ContainerState::Exited { exit_code, .. } => ("Error", *exit_code),
+        _ => ("ContainerMissing", None),
+    }
+}
+
 impl Engine {
+    /// The slots of one pool, from the store.
+    pub(crate) fn slots_of(&self, pool: &Pool) -> Result<Vec<Slot>, agentbox_core::error::AppError> {
+        Ok(self
+            .store
+            .list_slots()?
+            .into_iter()
+            .filter(|s| s.pool == pool.name && s.namespace == pool.namespace)
+            .collect())
+    }
+
     pub(crate) async fn run_reconciler(self: Arc<Self>, rt: Arc<PoolRt>) {
         let mut stop = self.shutdown.subscribe();
         loop {
@@ -47,12 +66,7 @@ impl Engine {
         rt: &Arc<PoolRt>,
     ) -> Result<bool, agentbox_core::error::AppError> {
         let Some(pool) = self.store.get_pool(&rt.key.0, &rt.key.1)? else { return Ok(false) };
-        let slots: Vec<Slot> = self
-            .store
-            .list_slots()?
-            .into_iter()
-            .filter(|s| s.pool == pool.name && s.namespace == pool.namespace)
-            .collect();
+        let slots = self.slots_of(&pool)?;
 
         // Health: idle slots whose container died are replaced; running sandboxes whose main
         // container died are failed with the reason the backend saw.
@@ -68,11 +82,7 @@ impl Engine {
             if state.is_running() {
                 continue;
             }
-            let (reason, exit_code) = match &state {
-                ContainerState::Exited { oom_killed: true, exit_code } => ("OOMKilled", *exit_code),
-                ContainerState::Exited { exit_code, .. } => ("Error", *exit_code),
-                _ => ("ContainerMissing", None),
-            };
+            let (reason, exit_code) = exit_reason(&state);
             match s.phase {
                 SlotPhase::Idle => {
                     if rt.queue.lock().remove_idle(&s.slot_id) {
@@ -90,12 +100,7 @@ impl Engine {
             }
         }
 
-        let slots: Vec<Slot> = self
-            .store
-            .list_slots()?
-            .into_iter()
-            .filter(|s| s.pool == pool.name && s.namespace == pool.namespace)
-            .collect();
+        let slots = self.slots_of(&pool)?;
         let views: Vec<SlotView> = slots
             .iter()
             .map(|s| SlotView {

@@ -64,13 +64,11 @@ impl Engine {
                 }
                 SlotPhase::Running => {
                     // The main container died while we were away: fail the sandbox, recycle.
-                    let (reason, code) = match obs.and_then(|o| o.main()).map(|c| c.state.clone()) {
-                        Some(agentbox_core::backend::ContainerState::Exited { exit_code, oom_killed: true }) => {
-                            ("OOMKilled", exit_code)
-                        }
-                        Some(agentbox_core::backend::ContainerState::Exited { exit_code, .. }) => ("Error", exit_code),
-                        _ => ("ContainerMissing", None),
-                    };
+                    let state = obs
+                        .and_then(|o| o.main())
+                        .map(|c| c.state.clone())
+                        .unwrap_or(agentbox_core::backend::ContainerState::Missing);
+                    let (reason, code) = super::reconcile::exit_reason(&state);
                     self.fail_sandbox(&slot, reason, "main container exited while the server was down".into(), code);
                 }
                 SlotPhase::Starting => {
