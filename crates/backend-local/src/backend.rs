@@ -99,7 +99,7 @@ impl LocalBackend {
         let r2 = rotator.clone();
         let reaper = Reaper::start(Box::new(move || r2.tick())).map_err(LocalError::io("become child subreaper"))?;
         let helper =
-            cfg.libcontainer_helper.clone().map(|binary| HelperClient { binary, scratch: layout.root.join("helper") });
+            cfg.libcontainer_helper.clone().map(|binary| HelperClient::new(binary, layout.root.join("helper")));
         let libcontainer = Arc::new(Libcontainer::new(layout.runtime_root(RuntimeClass::Libcontainer), helper)?);
         let runc = match cfg.runc_binary.clone().or_else(|| find_in_path("runc")) {
             Some(bin) => {

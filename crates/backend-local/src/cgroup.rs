@@ -54,6 +54,12 @@ fn v1_mount(controller: &str) -> Option<PathBuf> {
     hierarchies().into_iter().find(|h| h.controllers.iter().any(|c| c == controller)).map(|h| h.mountpoint)
 }
 
+/// Read the mounted hierarchies now (a process that forks workers calls this once, so each worker
+/// does not read `/proc/self/mountinfo` again).
+pub fn preload() {
+    let _ = hierarchies();
+}
+
 /// The slot cgroup directory in the hierarchy of `controller`, if that controller is mounted.
 pub fn slot_path(controller: &str, slot: &str) -> Option<PathBuf> {
     v1_mount(controller).map(|m| m.join(CGROUP_PARENT).join(slot))
@@ -160,6 +166,30 @@ pub fn remove_slot_cgroup(slot: &str) -> Result<()> {
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Open `cgroup.procs` of the cgroup `cgroups_path` (a container's `linux.cgroupsPath`) in every
+/// mounted hierarchy where that cgroup exists. Writing `0` to each moves the writing process in,
+/// also from another mount namespace. An error when an open fails or the cgroup exists nowhere (the
+/// container is gone).
+pub fn open_procs(cgroups_path: &str) -> Result<Vec<std::fs::File>> {
+    let rel = cgroups_path.trim_start_matches('/');
+    let mut out = Vec::new();
+    for h in hierarchies() {
+        let procs = h.mountpoint.join(rel).join("cgroup.procs");
+        match std::fs::OpenOptions::new().write(true).open(&procs) {
+            Ok(f) => out.push(f),
+            // Not every hierarchy has the container's cgroup (e.g. name=systemd).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LocalError::Cgroup(format!("open {}: {e}", procs.display()))),
+        }
+    }
+    if out.is_empty() {
+        return Err(LocalError::Cgroup(format!(
+            "cgroup {cgroups_path} exists in no hierarchy; is the container running?"
+        )));
+    }
+    Ok(out)
 }
 
 /// Every hierarchy path of the slot that still exists (for leak checks).

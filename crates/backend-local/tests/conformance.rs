@@ -64,6 +64,23 @@ async fn sh(b: &LocalBackend, slot: &str, script: &str) -> ExecOutput {
     b.exec(slot, &req(&["sh", "-c", script])).await.expect("exec")
 }
 
+/// Pids of this process's children that run the exec zygote.
+fn zygote_pids() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let ppid = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().nth(1).unwrap_or("").to_string());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if ppid.as_deref() == Some(me.as_str()) && args.get(2) == Some(&&b"zygote"[..]) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
@@ -187,6 +204,43 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
     assert_eq!(text(&sh(&b, &slot, "hostname").await.stdout).trim(), slot);
     let o = sh(&b, &slot, "grep CapBnd /proc/self/status").await;
     assert!(text(&o.stdout).contains("00000000a80425fb"), "unexpected bounding set: {}", text(&o.stdout));
+    // the exec runs in the container's pid namespace, cgroup and seccomp filter
+    let o = sh(
+        &b,
+        &slot,
+        "test \"$(readlink /proc/self/ns/pid)\" = \"$(readlink /proc/1/ns/pid)\" && tr '\\0' ' ' < /proc/1/cmdline",
+    )
+    .await;
+    assert_eq!(text(&o.stdout), "sleep infinity ", "exec not in the container's pid namespace: {}", text(&o.stderr));
+    let o = sh(&b, &slot, "grep memory /proc/self/cgroup").await;
+    assert!(
+        text(&o.stdout).contains(&format!("/agentbox/{slot}/")),
+        "exec not in the slot cgroup: {}",
+        text(&o.stdout)
+    );
+    let mut r = req(&["sh", "-c", "grep Seccomp: /proc/self/status; grep CapBnd /proc/self/status"]);
+    r.user = Some("1000:1001".into());
+    let out = text(&b.exec(&slot, &r).await.unwrap().stdout);
+    assert!(out.contains("Seccomp:\t2") && out.contains("00000000a80425fb"), "no seccomp filter or caps: {out}");
+    if rt == RuntimeClass::Libcontainer {
+        let o = b.exec(&slot, &req(&["agbx-no-such-command"])).await.unwrap();
+        assert_eq!(o.exit_code, 127, "{o:?}");
+        assert!(text(&o.stderr).contains("cannot run agbx-no-such-command"), "{}", text(&o.stderr));
+        // the persistent exec helper (zygote) is replaced when it dies
+        let zygotes = zygote_pids();
+        assert_eq!(zygotes.len(), 1, "expected one exec zygote child, found {zygotes:?}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygotes[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Path::new(&format!("/proc/{}/cmdline", zygotes[0])).exists()
+            && std::fs::read(format!("/proc/{}/cmdline", zygotes[0])).map(|c| !c.is_empty()).unwrap_or(false)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(text(&sh(&b, &slot, "echo again").await.stdout), "again\n");
+        let after = zygote_pids();
+        assert!(after.len() == 1 && after[0] != zygotes[0], "zygote not replaced: {zygotes:?} -> {after:?}");
+    }
 
     eprintln!("[{:>8.1?}] network identity before the next switch", t0.elapsed());
 

@@ -23,7 +23,7 @@ fn load(url: String, stop: Arc<AtomicBool>, held: Arc<Mutex<BTreeMap<String, Str
         n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let to_delete = {
             let h = held.lock().unwrap();
-            if h.len() >= 6 || (h.len() >= 3 && n % 4 == 0) {
+            if h.len() >= 6 || (h.len() >= 3 && n.is_multiple_of(4)) {
                 h.keys().nth((n >> 33) as usize % h.len()).cloned()
             } else {
                 None
@@ -40,16 +40,15 @@ fn load(url: String, stop: Arc<AtomicBool>, held: Arc<Mutex<BTreeMap<String, Str
             }
             None => {
                 let body = json!({"poolName": POOL, "wait": false});
-                if let Ok(r) = http.post(format!("{url}/v1/sandboxes")).json(&body).send() {
-                    if r.status().as_u16() == 201 {
-                        if let Ok(v) = r.json::<Value>() {
-                            let sb = &v["sandbox"];
-                            held.lock().unwrap().insert(
-                                sb["sandboxId"].as_str().unwrap_or_default().to_string(),
-                                sb["podName"].as_str().unwrap_or_default().to_string(),
-                            );
-                        }
-                    }
+                if let Ok(r) = http.post(format!("{url}/v1/sandboxes")).json(&body).send()
+                    && r.status().as_u16() == 201
+                    && let Ok(v) = r.json::<Value>()
+                {
+                    let sb = &v["sandbox"];
+                    held.lock().unwrap().insert(
+                        sb["sandboxId"].as_str().unwrap_or_default().to_string(),
+                        sb["podName"].as_str().unwrap_or_default().to_string(),
+                    );
                 }
             }
         }

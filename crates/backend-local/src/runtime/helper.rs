@@ -11,9 +11,13 @@
 //! `create` gets the container log as its stdout/stderr and hands it to the container; `exec` gets the
 //! exec's stdio pipes as its own and waits for the tenant process, writing its pid to `<result>.pid`
 //! as soon as it exists (so the caller can kill it at a deadline) and its exit to `<result>`.
+//!
+//! `exec` does not use libcontainer: it enters the container itself, like `runc exec` (see
+//! [`super::nsexec`]), which is several times cheaper and also applies the container's seccomp
+//! filter. With [`TENANT_EXEC_ENV`] set in the server, it uses libcontainer's tenant builder instead.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -93,6 +97,9 @@ pub fn helper_main(args: &[String]) -> i32 {
         eprintln!("agentbox libcontainer helper: missing --result");
         return 2;
     };
+    if parsed.mode == "zygote" {
+        return super::zygote::serve(helper_main);
+    }
     let outcome = match parsed.mode.as_str() {
         "create" => create(&parsed),
         "exec" => exec(&parsed, &result),
@@ -121,7 +128,40 @@ fn create(a: &Args) -> std::result::Result<Outcome, String> {
     Ok(Outcome::Started { pid: pid.as_raw() })
 }
 
+/// Set (to anything) in the server's environment to exec through libcontainer's tenant builder
+/// instead of the lean in-helper exec (for comparison and as a fallback; slower, no seccomp).
+pub const TENANT_EXEC_ENV: &str = "AGENTBOX_LIBCONTAINER_TENANT_EXEC";
+
+/// Set (to anything) in the server's environment to start a fresh helper process per exec instead
+/// of forking it from the persistent zygote (see [`super::zygote`]).
+pub const ONE_SHOT_EXEC_ENV: &str = "AGENTBOX_ONE_SHOT_EXEC_HELPER";
+
 fn exec(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
+    if a.one("via").ok() == Some("tenant") {
+        return exec_tenant(a, result);
+    }
+    let num = |k: &str| a.one(k).ok().and_then(|v| v.parse::<u32>().ok());
+    let root = PathBuf::from(a.one("root")?);
+    let env: Vec<String> = a.opts.get("env").cloned().unwrap_or_default();
+    let req = super::nsexec::Request {
+        root: &root,
+        id: a.one("id")?,
+        args: &a.rest,
+        env: &env,
+        cwd: a.one("cwd").ok(),
+        uid: num("uid"),
+        gid: num("gid"),
+    };
+    let pid_file = result.with_extension("pid");
+    match super::nsexec::run(&req, |pid| {
+        let _ = std::fs::write(&pid_file, pid.to_string());
+    })? {
+        super::nsexec::Finished::Exited(code) => Ok(Outcome::Exited { code }),
+        super::nsexec::Finished::Signaled(signal) => Ok(Outcome::Signaled { signal }),
+    }
+}
+
+fn exec_tenant(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
     // The tenant may be re-parented to us; make sure we can wait for it.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -181,9 +221,11 @@ fn exec(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
 /// The caller's side: where the helper binary is and how to run it.
 #[derive(Debug, Clone)]
 pub struct HelperClient {
-    pub binary: PathBuf,
+    binary: PathBuf,
     /// Scratch dir for result files.
-    pub scratch: PathBuf,
+    scratch: PathBuf,
+    /// The persistent exec helper (see [`super::zygote`]), started at the first exec.
+    zygote: std::sync::Arc<parking_lot::Mutex<Option<super::zygote::Zygote>>>,
 }
 
 fn err(e: impl std::fmt::Display) -> LocalError {
@@ -193,15 +235,26 @@ fn err(e: impl std::fmt::Display) -> LocalError {
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl HelperClient {
+    /// A client that runs `binary` in helper mode and keeps result files under `scratch`.
+    pub fn new(binary: PathBuf, scratch: PathBuf) -> Self {
+        HelperClient { binary, scratch, zygote: Default::default() }
+    }
+
+    fn base_command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg(HELPER_ARG);
+        cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd
+    }
+
     fn result_path(&self) -> PathBuf {
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.scratch.join(format!("helper-{}-{n}.json", std::process::id()))
     }
 
     fn command(&self, mode: &str, root: &Path, id: &str, result: &Path) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg(HELPER_ARG).arg(mode).arg("--root").arg(root).arg("--id").arg(id).arg("--result").arg(result);
-        cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let mut cmd = self.base_command();
+        cmd.arg(mode).arg("--root").arg(root).arg("--id").arg(id).arg("--result").arg(result);
         cmd
     }
 
@@ -242,19 +295,81 @@ impl HelperClient {
     ) -> Result<super::ExecWaiter> {
         std::fs::create_dir_all(&self.scratch).map_err(LocalError::io("create helper scratch dir"))?;
         let result = self.result_path();
-        let mut cmd = self.command("exec", root, id, &result);
-        cmd.arg("--uid").arg(p.uid.to_string()).arg("--gid").arg(p.gid.to_string());
+        let mut args: Vec<String> = vec!["exec".into()];
+        let mut opt = |k: &str, v: String| args.extend([format!("--{k}"), v]);
+        opt("root", root.to_string_lossy().into_owned());
+        opt("id", id.to_string());
+        opt("result", result.to_string_lossy().into_owned());
+        opt("uid", p.uid.to_string());
+        opt("gid", p.gid.to_string());
         if let Some(cwd) = &p.cwd {
-            cmd.arg("--cwd").arg(cwd);
+            opt("cwd", cwd.clone());
         }
         for (k, v) in &p.env {
-            cmd.arg("--env").arg(format!("{k}={v}"));
+            opt("env", format!("{k}={v}"));
         }
-        cmd.arg("--").args(&p.args);
+        if std::env::var_os(TENANT_EXEC_ENV).is_some() {
+            opt("via", "tenant".into());
+        }
+        args.push("--".into());
+        args.extend(p.args.iter().cloned());
+        if std::env::var_os(ONE_SHOT_EXEC_ENV).is_none()
+            && let Some(w) = self.exec_in_zygote(&args, &fds, &result)?
+        {
+            return Ok(w);
+        }
+        let mut cmd = self.base_command();
+        cmd.args(&args);
         cmd.stdin(Stdio::from(fds.stdin)).stdout(Stdio::from(fds.stdout)).stderr(Stdio::from(fds.stderr));
         let child = super::spawn_locked(&mut cmd)
             .map_err(|e| err(format!("starting helper {}: {e}", self.binary.display())))?;
         Ok(super::ExecWaiter::Helper { child, result })
+    }
+
+    /// Hand the exec to the zygote (starting it if needed). `None` when no zygote can take it
+    /// (it cannot start, or it is gone before it got the request): run a one-shot helper instead.
+    fn exec_in_zygote(
+        &self,
+        args: &[String],
+        fds: &crate::capture::ChildFds,
+        result: &Path,
+    ) -> Result<Option<super::ExecWaiter>> {
+        let (done_r, done_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err(format!("pipe: {e}")))?;
+        let raw = [fds.stdin.as_raw_fd(), fds.stdout.as_raw_fd(), fds.stderr.as_raw_fd(), done_w.as_raw_fd()];
+        let mut z = self.zygote.lock();
+        for _ in 0..2 {
+            if z.is_none() {
+                match super::zygote::Zygote::start(self.base_command()) {
+                    Ok(started) => *z = Some(started),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the exec zygote; using one-shot helpers");
+                        return Ok(None);
+                    }
+                }
+            }
+            let Some(zy) = z.as_mut() else { return Ok(None) };
+            match zy.submit(args, raw) {
+                Ok(worker) if worker > 0 => {
+                    return Ok(Some(super::ExecWaiter::Zygote { worker, done: done_r, result: result.to_owned() }));
+                }
+                Ok(_) => return Err(err("the exec zygote could not start a worker")),
+                Err(super::zygote::SubmitError::NotSent(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    // Too large for one message (huge env/argv); the zygote itself is fine.
+                    return Ok(None);
+                }
+                Err(super::zygote::SubmitError::NotSent(e)) => {
+                    tracing::debug!(error = %e, "exec zygote gone, restarting it");
+                    *z = None;
+                }
+                Err(super::zygote::SubmitError::NoReply(e)) => {
+                    // The request may be running: do not run it twice.
+                    *z = None;
+                    return Err(err(format!("the exec zygote died during the exec: {e}")));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Turn a finished helper's result into an exit.

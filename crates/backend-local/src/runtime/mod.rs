@@ -2,7 +2,9 @@
 
 pub mod helper;
 mod libcontainer;
+mod nsexec;
 mod runc;
+mod zygote;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,32 @@ pub enum ExecWaiter {
     Runc { child: std::process::Child, pid_file: PathBuf },
     /// The libcontainer helper process (our child) and its result file.
     Helper { child: std::process::Child, result: PathBuf },
+    /// A worker of the exec zygote (not our child): it closes `done` when it has written `result`.
+    Zygote { worker: i32, done: std::os::fd::OwnedFd, result: PathBuf },
+}
+
+/// Wait until the other end of the pipe `fd` is closed, at most `timeout`. True if it closed.
+fn wait_closed(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r > 0 {
+            // Nobody writes to the pipe: readable means closed (read returns 0).
+            let mut b = [0u8; 1];
+            // SAFETY: reading into a 1-byte buffer we own.
+            if unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) } <= 0 {
+                return true;
+            }
+        } else if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // Timed out (poll waited all that was left), or poll failed.
+            return false;
+        }
+    }
 }
 
 impl ExecWaiter {
@@ -124,6 +152,25 @@ impl ExecWaiter {
                         true
                     }
                 };
+                let exit = match helper::HelperClient::exec_exit(&result) {
+                    Ok(e) => e,
+                    Err(e) if !timed_out => return Err(e),
+                    Err(_) => Exit::Unknown,
+                };
+                Ok((exit, timed_out))
+            }
+            ExecWaiter::Zygote { worker, done, result } => {
+                let timed_out = !wait_closed(&done, timeout);
+                if timed_out {
+                    // Kill the tenant; the worker then reaps it, writes the result and exits.
+                    if let Some(target) = helper::HelperClient::exec_pid(&result) {
+                        let _ = kill(Pid::from_raw(target), Signal::SIGKILL);
+                    }
+                    if !wait_closed(&done, Duration::from_secs(2)) {
+                        let _ = kill(Pid::from_raw(worker), Signal::SIGKILL);
+                        wait_closed(&done, Duration::from_secs(2));
+                    }
+                }
                 let exit = match helper::HelperClient::exec_exit(&result) {
                     Ok(e) => e,
                     Err(e) if !timed_out => return Err(e),
