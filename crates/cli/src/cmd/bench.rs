@@ -318,6 +318,7 @@ impl BenchArgs {
         wait_pool(&client, "bench-same", size, Duration::from_secs(120)).await?;
 
         eprintln!("bench: exec round trip");
+        wait_pool(&client, "bench-same", size, Duration::from_secs(120)).await?;
         let (_, id) = claim(&client, "bench-same", None).await?;
         let exec_once = |cmd: Value| {
             let client = client.clone();
@@ -338,18 +339,23 @@ impl BenchArgs {
         let exec = stats(ex);
         client.delete::<Value>(&format!("/v1/sandboxes/{id}")).await?;
 
-        eprintln!("bench: time to first command (create + exec `sh -c 'echo hi'` + delete not timed)");
+        eprintln!("bench: time to first command (create + exec `sh -c 'echo hi'`, warm pool, no recycling in flight)");
         let mut ttfc = vec![];
-        for _ in 0..self.baseline_iterations.max(30) {
-            let t = Instant::now();
-            let (_, id) = claim(&client, "bench-same", None).await?;
-            let v: Value =
-                client.post(&format!("/v1/sandboxes/{id}/exec"), &json!({"command": ["sh", "-c", "echo hi"]})).await?;
-            ttfc.push(ms(t.elapsed()));
-            if v["stdout"] != "hi\n" {
-                bail!("unexpected exec output {v}");
+        while ttfc.len() < self.baseline_iterations.max(30) {
+            let mut ids = vec![];
+            for _ in 0..per_round.min(self.baseline_iterations.max(30) - ttfc.len()) {
+                let t = Instant::now();
+                let (_, id) = claim(&client, "bench-same", None).await?;
+                let v: Value = client
+                    .post(&format!("/v1/sandboxes/{id}/exec"), &json!({"command": ["sh", "-c", "echo hi"]}))
+                    .await?;
+                ttfc.push(ms(t.elapsed()));
+                if v["stdout"] != "hi\n" {
+                    bail!("unexpected exec output {v}");
+                }
+                ids.push(id);
             }
-            client.delete::<Value>(&format!("/v1/sandboxes/{id}")).await?;
+            release_all(&client, "bench-same", ids, size).await?;
         }
         let ttfc = stats(ttfc);
 
