@@ -73,6 +73,9 @@ pub struct Engine {
     pub(crate) cfg: EngineConfig,
     pools: Mutex<HashMap<PoolKey, Arc<PoolRt>>>,
     slot_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes the read-check-write of a sandbox's status between a claim finishing its switch
+    /// and a release arriving at the same moment (held only around store calls, never across awaits).
+    pub(crate) transitions: Mutex<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -86,6 +89,7 @@ impl Engine {
             cfg,
             pools: Mutex::new(HashMap::new()),
             slot_locks: Mutex::new(HashMap::new()),
+            transitions: Mutex::new(()),
             shutdown,
         })
     }

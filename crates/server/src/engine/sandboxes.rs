@@ -380,7 +380,8 @@ impl Engine {
         let outcome = tokio::time::timeout_at(plan.deadline.into(), switch).await;
         match outcome {
             Ok(Ok(Ok(obs))) => {
-                // Re-read: a delete may have arrived while we switched.
+                // Re-read under the transition lock: a delete may have arrived while we switched.
+                let _t = self.transitions.lock();
                 let current = self.store.get_sandbox(&sandbox_id)?.unwrap_or(sandbox.clone());
                 if current.status != SandboxStatus::Starting {
                     return Err(AppError::conflict(format!("sandbox {sandbox_id} was deleted while starting")));
@@ -529,6 +530,7 @@ impl Engine {
         failure: Option<(&str, String)>,
         exit_code: Option<i32>,
     ) -> Result<(), AppError> {
+        let _t = self.transitions.lock();
         let Some(mut sb) = self.store.get_sandbox(sandbox_id)? else { return Ok(()) };
         if !matches!(sb.status, SandboxStatus::Starting | SandboxStatus::Running) {
             return Ok(());
