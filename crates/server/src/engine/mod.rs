@@ -159,12 +159,19 @@ impl Engine {
         self.pools.lock().get(key).cloned()
     }
 
-    pub(crate) fn forget_pool_rt(&self, key: &PoolKey) {
-        if let Some(rt) = self.pools.lock().remove(key) {
+    /// Drop the runtime of a pool that no longer exists. Returns `false` (and keeps it) when a pool
+    /// of the same name exists again: a delete followed at once by a create must keep its reconciler.
+    pub(crate) fn forget_pool_rt(&self, key: &PoolKey) -> bool {
+        let mut pools = self.pools.lock();
+        if matches!(self.store.get_pool(&key.0, &key.1), Ok(Some(_)) | Err(_)) {
+            return false;
+        }
+        if let Some(rt) = pools.remove(key) {
             for w in rt.queue.lock().drain_waiters() {
                 drop(w); // the waiting request sees its channel closed and answers 409
             }
         }
+        true
     }
 
     /// Serializes lifecycle operations (switch, recycle, destroy) on one slot.

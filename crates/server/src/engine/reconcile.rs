@@ -46,9 +46,12 @@ impl Engine {
             match self.reconcile_pool(&rt).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.forget_pool_rt(&rt.key);
-                    tracing::info!(pool = %rt.key.1, namespace = %rt.key.0, "pool gone; reconciler stops");
-                    return;
+                    if self.forget_pool_rt(&rt.key) {
+                        tracing::info!(pool = %rt.key.1, namespace = %rt.key.0, "pool gone; reconciler stops");
+                        return;
+                    }
+                    // Recreated under the same name: keep reconciling it.
+                    continue;
                 }
                 Err(e) => tracing::warn!(pool = %rt.key.1, error = %e, "reconcile failed; will retry"),
             }

@@ -287,3 +287,22 @@ async fn client_gone_before_the_answer_cancels_the_sandbox() {
     }
     panic!("the abandoned claim was never canceled");
 }
+
+#[tokio::test]
+async fn a_pool_deleted_and_recreated_under_the_same_name_warms_up_again() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 2, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 2).await;
+    r.engine.delete_pool(&auth, "p").unwrap();
+    for _ in 0..300 {
+        if r.engine.get_pool(&auth, "p").is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.engine.create_pool(&auth, pool_req("p", 3, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 3).await;
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    assert_eq!(sb.status, SandboxStatus::Running);
+}
