@@ -265,9 +265,41 @@ impl HelperClient {
     }
 
     /// Create and start a detached container; returns its init pid. The container's stdio is `log`.
+    /// Runs in a worker of the persistent helper when it is available (saves starting the helper
+    /// binary, ~2 ms), else in a one-shot helper.
     pub fn create_start(&self, root: &Path, id: &str, bundle: &Path, log: &std::fs::File) -> Result<i32> {
         std::fs::create_dir_all(&self.scratch).map_err(LocalError::io("create helper scratch dir"))?;
         let result = self.result_path();
+        if std::env::var_os(ONE_SHOT_EXEC_ENV).is_none() {
+            let args: Vec<String> = vec![
+                "create".into(),
+                "--root".into(),
+                root.to_string_lossy().into_owned(),
+                "--id".into(),
+                id.to_string(),
+                "--result".into(),
+                result.to_string_lossy().into_owned(),
+                "--bundle".into(),
+                bundle.to_string_lossy().into_owned(),
+            ];
+            let dup = || log.try_clone().map(OwnedFd::from).map_err(LocalError::io("dup log fd"));
+            let devnull = std::fs::File::open("/dev/null").map_err(LocalError::io("open /dev/null"))?;
+            let fds = crate::capture::ChildFds { stdin: OwnedFd::from(devnull), stdout: dup()?, stderr: dup()? };
+            if let Some(super::ExecWaiter::Zygote { worker, done, result }) =
+                self.exec_in_zygote(&args, &fds, &result)?
+            {
+                drop(fds);
+                if !super::wait_closed(&done, std::time::Duration::from_secs(120)) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(worker), nix::sys::signal::Signal::SIGKILL);
+                    return Err(err("the container start did not finish within 120 s"));
+                }
+                return match Self::read_outcome(&result)? {
+                    Outcome::Started { pid } => Ok(pid),
+                    Outcome::Error { message } => Err(err(message)),
+                    other => Err(err(format!("unexpected helper result {other:?}"))),
+                };
+            }
+        }
         let mut cmd = self.command("create", root, id, &result);
         cmd.arg("--bundle").arg(bundle);
         cmd.stdin(Stdio::null())

@@ -76,7 +76,7 @@ pub enum ExecWaiter {
 }
 
 /// Wait until the other end of the pipe `fd` is closed, at most `timeout`. True if it closed.
-fn wait_closed(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+pub(super) fn wait_closed(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
     use std::os::fd::AsRawFd;
     let deadline = std::time::Instant::now() + timeout;
     loop {
