@@ -162,7 +162,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     if !a.no_default_pool {
         ensure_defaults(&engine, a.default_pool_size).await?;
     }
-    let state = Arc::new(AppState { engine: Arc::clone(&engine), images: Some(images) });
+    let state = AppState::new(Arc::clone(&engine), Some(images));
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
     tracing::warn!("DEV MODE: no admin key configured, every caller is an anonymous admin; keep --listen on loopback");

@@ -120,6 +120,44 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// An interactive process with a terminal (PTY) in a running slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PtyRequest {
+    /// Container name; `None` = container 0.
+    pub container: Option<String>,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// Initial terminal size.
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What the caller sends to an interactive process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtyInput {
+    /// Bytes for the terminal's input (keystrokes).
+    Data(Vec<u8>),
+    /// New terminal size.
+    Resize { cols: u16, rows: u16 },
+    /// The caller went away: end the process (the backend sends EOT and then hangs up).
+    Close,
+}
+
+/// A running interactive process. Dropping `input` also ends the process.
+pub struct PtySession {
+    pub input: tokio::sync::mpsc::Sender<PtyInput>,
+    /// Terminal output (stdout and stderr merged, as a TTY does); closed when the process has exited
+    /// and its output is drained.
+    pub output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    /// The process's exit code (128+N when killed by signal N).
+    pub exit: tokio::sync::oneshot::Receiver<i32>,
+}
+
+/// A followed log (like `tail -f`): the last lines first, then every new line as it is written,
+/// until the receiver is dropped or the slot goes away.
+pub type LogFollow = tokio::sync::mpsc::Receiver<LogLine>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("slot {0} not found")]
@@ -130,6 +168,8 @@ pub enum BackendError {
     NotRunning { slot: String, container: String },
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
+    #[error("not supported by this backend: {0}")]
+    Unsupported(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("runtime error: {0}")]
@@ -177,4 +217,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The last `lines` lines (0 = all) of the stdout/stderr log of `container` (None = all).
     async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError>;
+
+    /// Follow the stdout/stderr log of `container` (None = all): the last `lines` lines (0 = all),
+    /// then new lines as they come.
+    async fn follow_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<LogFollow, BackendError> {
+        let _ = (slot_id, container, lines);
+        Err(BackendError::Unsupported(format!("{} backend cannot follow logs", self.name())))
+    }
+
+    /// Start an interactive process with a terminal in a container of the slot.
+    async fn exec_pty(&self, slot_id: &str, req: &PtyRequest) -> Result<PtySession, BackendError> {
+        let _ = (slot_id, req);
+        Err(BackendError::Unsupported(format!("{} backend has no interactive terminals", self.name())))
+    }
 }

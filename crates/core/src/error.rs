@@ -17,7 +17,11 @@ pub enum ErrorKind {
     /// 422: the request is understood but a precondition of the caller is missing.
     Unprocessable,
     TooManyRequests,
+    /// 426: the client is older than the server's minimum client version.
+    UpgradeRequired,
     Internal,
+    /// 501: a capability this backend or API does not have; the message names the alternative.
+    NotImplemented,
     Unavailable,
 }
 
@@ -97,6 +101,7 @@ impl From<BackendError> for AppError {
             BackendError::NotRunning { .. } => AppError::conflict(e.to_string()),
             BackendError::Invalid(m) => AppError::bad_request(m),
             BackendError::Image { .. } => AppError::bad_request(e.to_string()),
+            BackendError::Unsupported(m) => AppError::new(ErrorKind::NotImplemented, m),
             other => AppError::internal("backend error", other),
         }
     }

@@ -26,7 +26,7 @@ impl TestApp {
             EngineConfig { reconcile_interval: Duration::from_millis(20), ..Default::default() },
         );
         engine.start().await.unwrap();
-        TestApp { router: router(Arc::new(AppState { engine, images: None })) }
+        TestApp { router: router(AppState::new(engine, None)) }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value, axum::http::HeaderMap) {

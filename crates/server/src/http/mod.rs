@@ -28,6 +28,13 @@ pub struct AppState {
     pub images: Option<agentbox_images::ImageStore>,
 }
 
+impl AppState {
+    /// State for a server in dev mode (no admin key: every caller is the anonymous admin).
+    pub fn new(engine: Arc<Engine>, images: Option<agentbox_images::ImageStore>) -> Arc<AppState> {
+        Arc::new(AppState { engine, images })
+    }
+}
+
 impl FromRequestParts<Arc<AppState>> for AuthInfo {
     type Rejection = ApiError;
     async fn from_request_parts(_parts: &mut Parts, _st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
