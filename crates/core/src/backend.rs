@@ -220,7 +220,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Follow the stdout/stderr log of `container` (None = all): the last `lines` lines (0 = all),
     /// then new lines as they come.
-    async fn follow_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<LogFollow, BackendError> {
+    async fn follow_logs(
+        &self,
+        slot_id: &str,
+        container: Option<&str>,
+        lines: usize,
+    ) -> Result<LogFollow, BackendError> {
         let _ = (slot_id, container, lines);
         Err(BackendError::Unsupported(format!("{} backend cannot follow logs", self.name())))
     }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
 
+use crate::identity::{ApiKeyRecord, QuotaRecord};
 use crate::model::{Pool, Sandbox, SandboxStatus, Slot, SlotPhase, Template};
 use crate::store::{SandboxFilter, Store, StoreError};
 
@@ -13,6 +14,8 @@ struct State {
     pools: BTreeMap<(String, String), Pool>,
     slots: BTreeMap<String, Slot>,
     sandboxes: BTreeMap<String, Sandbox>,
+    api_keys: BTreeMap<String, ApiKeyRecord>,
+    quotas: BTreeMap<String, QuotaRecord>,
 }
 
 /// In-memory store with the same semantics as the SQLite one (checked by the conformance suite).
@@ -145,6 +148,60 @@ impl Store for MemoryStore {
         st.sandboxes
             .retain(|_, s| !(s.status.is_terminal() && s.terminated_at.as_deref().unwrap_or(&s.claimed_at) < before));
         Ok((n - st.sandboxes.len()) as u64)
+    }
+    fn create_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        if st.api_keys.contains_key(&k.key_id) {
+            return Err(StoreError::Conflict(format!("api key {} exists", k.key_id)));
+        }
+        st.api_keys.insert(k.key_id.clone(), k.clone());
+        Ok(())
+    }
+    fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.state.lock().api_keys.insert(k.key_id.clone(), k.clone());
+        Ok(())
+    }
+    fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.state.lock().api_keys.get(key_id).cloned())
+    }
+    fn find_api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.state.lock().api_keys.values().find(|k| k.token_hash == token_hash).cloned())
+    }
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut v: Vec<_> = self.state.lock().api_keys.values().cloned().collect();
+        v.sort_by(|a, b| (&a.team, &a.user, &a.issued_at, &a.key_id).cmp(&(&b.team, &b.user, &b.issued_at, &b.key_id)));
+        Ok(v)
+    }
+    fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        Ok(self.state.lock().api_keys.remove(key_id).is_some())
+    }
+    fn create_quota(&self, q: &QuotaRecord) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        if st.quotas.contains_key(&q.name) {
+            return Err(StoreError::Conflict(format!("quota {:?} exists", q.name)));
+        }
+        st.quotas.insert(q.name.clone(), q.clone());
+        Ok(())
+    }
+    fn update_quota(&self, q: &QuotaRecord, expected_rv: u64) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        let cur = st.quotas.get(&q.name).ok_or_else(|| StoreError::NotFound(format!("quota {:?}", q.name)))?;
+        if cur.resource_version != expected_rv {
+            return Err(StoreError::Conflict(format!("quota {:?} changed", q.name)));
+        }
+        st.quotas.insert(q.name.clone(), q.clone());
+        Ok(())
+    }
+    fn get_quota(&self, name: &str) -> Result<Option<QuotaRecord>, StoreError> {
+        Ok(self.state.lock().quotas.get(name).cloned())
+    }
+    fn list_quotas(&self) -> Result<Vec<QuotaRecord>, StoreError> {
+        let mut v: Vec<_> = self.state.lock().quotas.values().cloned().collect();
+        v.sort_by(|a, b| (&a.quota_url, &a.name).cmp(&(&b.quota_url, &b.name)));
+        Ok(v)
+    }
+    fn delete_quota(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.state.lock().quotas.remove(name).is_some())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod claim;
 pub mod duration;
 pub mod error;
+pub mod identity;
 pub mod model;
 pub mod quantity;
 pub mod reconcile;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::identity::{ApiKeyRecord, QuotaRecord};
 use crate::model::{Pool, Sandbox, SandboxStatus, Slot, SlotPhase, Template};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,28 @@ pub trait Store: Send + Sync + 'static {
     /// Delete terminal records whose terminatedAt (or claimedAt) is older than `before` (RFC 3339).
     /// Returns how many were removed.
     fn prune_history(&self, before: &str) -> Result<u64, StoreError>;
+
+    // --- API keys --------------------------------------------------------------------------
+    /// Insert a key; `Conflict` if its key id (derived from the token hash) exists.
+    fn create_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Insert or replace a key.
+    fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError>;
+    fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// The key whose token hash is `token_hash` (full 64-hex hash).
+    fn find_api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Every key, sorted by team, user, issuedAt, key id.
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError>;
+
+    // --- quotas ----------------------------------------------------------------------------
+    /// Insert a quota; `Conflict` if the name exists.
+    fn create_quota(&self, q: &QuotaRecord) -> Result<(), StoreError>;
+    /// Replace a quota if its stored resourceVersion equals `expected_rv`.
+    fn update_quota(&self, q: &QuotaRecord, expected_rv: u64) -> Result<(), StoreError>;
+    fn get_quota(&self, name: &str) -> Result<Option<QuotaRecord>, StoreError>;
+    /// Every quota, sorted by quota URL then name.
+    fn list_quotas(&self) -> Result<Vec<QuotaRecord>, StoreError>;
+    fn delete_quota(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 #[cfg(any(test, feature = "fake"))]
@@ -208,6 +231,85 @@ pub mod conformance {
         pools(store);
         claims(store);
         listing(store);
+        api_keys(store);
+        quotas(store);
+    }
+
+    pub fn api_key(hash_seed: char, team: &str, user: &str, issued_at: &str) -> crate::identity::ApiKeyRecord {
+        let token_hash: String = std::iter::repeat_n(hash_seed, 64).collect();
+        crate::identity::ApiKeyRecord {
+            key_id: crate::identity::ApiKeyRecord::id_for_hash(&token_hash),
+            token_hash,
+            namespace: "default".into(),
+            role: crate::identity::Role::Tenant,
+            user: user.into(),
+            team: team.into(),
+            quota_url: String::new(),
+            description: "d".into(),
+            issued_at: issued_at.into(),
+            expires_at: None,
+            sync_source: String::new(),
+            sealed_token: Some("00ff".into()),
+        }
+    }
+
+    fn api_keys(store: &dyn Store) {
+        let a = api_key('a', "t2", "u", "2026-01-01T00:00:00Z");
+        let b = api_key('b', "t1", "u", "2026-01-02T00:00:00Z");
+        let c = api_key('c', "t1", "u", "2026-01-01T00:00:00Z");
+        for k in [&a, &b, &c] {
+            store.create_api_key(k).unwrap();
+        }
+        assert!(matches!(store.create_api_key(&a), Err(StoreError::Conflict(_))));
+        let ids: Vec<_> = store.list_api_keys().unwrap().into_iter().map(|k| k.key_id).collect();
+        assert_eq!(ids, [c.key_id.clone(), b.key_id.clone(), a.key_id.clone()]);
+        assert_eq!(store.find_api_key_by_hash(&b.token_hash).unwrap().as_ref(), Some(&b));
+        assert!(store.find_api_key_by_hash(&"d".repeat(64)).unwrap().is_none());
+        assert_eq!(store.get_api_key(&c.key_id).unwrap().as_ref(), Some(&c));
+        let mut a2 = a.clone();
+        a2.sync_source = "global".into();
+        store.put_api_key(&a2).unwrap();
+        assert_eq!(store.get_api_key(&a.key_id).unwrap().unwrap().sync_source, "global");
+        assert!(store.delete_api_key(&a.key_id).unwrap());
+        assert!(!store.delete_api_key(&a.key_id).unwrap());
+        assert!(store.find_api_key_by_hash(&a.token_hash).unwrap().is_none());
+    }
+
+    pub fn quota(name: &str, url: &str) -> crate::identity::QuotaRecord {
+        crate::identity::QuotaRecord {
+            name: name.into(),
+            quota_url: url.into(),
+            queue: Default::default(),
+            team: "t".into(),
+            user: String::new(),
+            resources: crate::identity::QuotaResources {
+                cpu: Some("4".into()),
+                memory: Some("8Gi".into()),
+                sandboxes: Some(10),
+            },
+            description: String::new(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            resource_version: 1,
+            labels: Default::default(),
+        }
+    }
+
+    fn quotas(store: &dyn Store) {
+        store.create_quota(&quota("q2", "org.b")).unwrap();
+        store.create_quota(&quota("q1", "org.a")).unwrap();
+        assert!(matches!(store.create_quota(&quota("q1", "org.x")), Err(StoreError::Conflict(_))));
+        let names: Vec<_> = store.list_quotas().unwrap().into_iter().map(|q| q.name).collect();
+        assert_eq!(names, ["q1", "q2"]);
+        let mut q = store.get_quota("q1").unwrap().unwrap();
+        q.resource_version = 2;
+        q.resources.sandboxes = Some(20);
+        store.update_quota(&q, 1).unwrap();
+        assert!(matches!(store.update_quota(&q, 1), Err(StoreError::Conflict(_))));
+        assert!(matches!(store.update_quota(&quota("nope", "x"), 1), Err(StoreError::NotFound(_))));
+        assert_eq!(store.get_quota("q1").unwrap().unwrap().resources.sandboxes, Some(20));
+        assert!(store.delete_quota("q1").unwrap());
+        assert!(!store.delete_quota("q1").unwrap());
+        assert!(store.get_quota("q1").unwrap().is_none());
     }
 
     fn templates(store: &dyn Store) {

@@ -57,6 +57,25 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX sandboxes_by_user      ON sandboxes (user, claimed_at DESC, sandbox_id);
     CREATE INDEX sandboxes_by_status    ON sandboxes (status, claimed_at DESC, sandbox_id);
     "#,
+    // 2: API keys (by token hash; the raw token only sealed inside `json`) and quotas.
+    r#"
+    CREATE TABLE api_keys (
+        key_id     TEXT PRIMARY KEY NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        team       TEXT NOT NULL,
+        user       TEXT NOT NULL,
+        issued_at  TEXT NOT NULL,
+        json       TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX api_keys_by_owner ON api_keys (team, user, issued_at, key_id);
+
+    CREATE TABLE quotas (
+        name             TEXT PRIMARY KEY NOT NULL,
+        quota_url        TEXT NOT NULL,
+        resource_version INTEGER NOT NULL,
+        json             TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Bring `conn` to the newest schema version in `steps`, in one `BEGIN IMMEDIATE` transaction
@@ -107,7 +126,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(tables, ["pools", "sandboxes", "slots", "templates"]);
+        assert_eq!(tables, ["api_keys", "pools", "quotas", "sandboxes", "slots", "templates"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentbox_core::identity::{ApiKeyRecord, QuotaRecord};
 use agentbox_core::model::{Pool, Sandbox, SandboxStatus, Slot, SlotPhase, Template};
 use agentbox_core::store::{SandboxFilter, Store, StoreError};
 use parking_lot::Mutex;
@@ -476,6 +477,128 @@ impl Store for SqliteStore {
         );
         let n = exec(&self.conn.lock(), &format!("prune history before {before}"), &sql, params_from_iter(args))?;
         Ok(n as u64)
+    }
+
+    fn create_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        let what = format!("insert api key {}", k.key_id);
+        let n = exec(
+            &self.conn.lock(),
+            &what,
+            "INSERT INTO api_keys (key_id, token_hash, team, user, issued_at, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
+            params![k.key_id, k.token_hash, k.team, k.user, k.issued_at, to_json(&what, k)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!("api key {} exists", k.key_id)));
+        }
+        Ok(())
+    }
+
+    fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        let what = format!("write api key {}", k.key_id);
+        exec(
+            &self.conn.lock(),
+            &what,
+            "INSERT OR REPLACE INTO api_keys (key_id, token_hash, team, user, issued_at, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![k.key_id, k.token_hash, k.team, k.user, k.issued_at, to_json(&what, k)?],
+        )?;
+        Ok(())
+    }
+
+    fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        query_one_json(
+            &self.conn.lock(),
+            &format!("read api key {key_id}"),
+            "SELECT json FROM api_keys WHERE key_id = ?1",
+            [key_id],
+        )
+    }
+
+    fn find_api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        query_one_json(
+            &self.conn.lock(),
+            "look up api key by hash",
+            "SELECT json FROM api_keys WHERE token_hash = ?1",
+            [token_hash],
+        )
+    }
+
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        query_json(
+            &self.conn.lock(),
+            "list api keys",
+            "SELECT json FROM api_keys ORDER BY team, user, issued_at, key_id",
+            [],
+        )
+    }
+
+    fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        let n = exec(
+            &self.conn.lock(),
+            &format!("delete api key {key_id}"),
+            "DELETE FROM api_keys WHERE key_id = ?1",
+            [key_id],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn create_quota(&self, q: &QuotaRecord) -> Result<(), StoreError> {
+        let what = format!("insert quota {:?}", q.name);
+        let n = exec(
+            &self.conn.lock(),
+            &what,
+            "INSERT INTO quotas (name, quota_url, resource_version, json) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO NOTHING",
+            params![q.name, q.quota_url, rv(&what, q.resource_version)?, to_json(&what, q)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!("quota {:?} exists", q.name)));
+        }
+        Ok(())
+    }
+
+    fn update_quota(&self, q: &QuotaRecord, expected_rv: u64) -> Result<(), StoreError> {
+        let what = format!("update quota {:?}", q.name);
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| backend(&what, e))?;
+        let n = exec(
+            &tx,
+            &what,
+            "UPDATE quotas SET quota_url = ?2, resource_version = ?3, json = ?4 WHERE name = ?1 AND resource_version = ?5",
+            params![q.name, q.quota_url, rv(&what, q.resource_version)?, to_json(&what, q)?, rv(&what, expected_rv)?],
+        )?;
+        if n == 0 {
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM quotas WHERE name = ?1")
+                .and_then(|mut s| s.exists([&q.name]))
+                .map_err(|e| backend(&what, e))?;
+            return Err(if exists {
+                StoreError::Conflict(format!("quota {:?} changed; read it again and retry", q.name))
+            } else {
+                StoreError::NotFound(format!("quota {:?}", q.name))
+            });
+        }
+        tx.commit().map_err(|e| backend(&what, e))
+    }
+
+    fn get_quota(&self, name: &str) -> Result<Option<QuotaRecord>, StoreError> {
+        query_one_json(
+            &self.conn.lock(),
+            &format!("read quota {name:?}"),
+            "SELECT json FROM quotas WHERE name = ?1",
+            [name],
+        )
+    }
+
+    fn list_quotas(&self) -> Result<Vec<QuotaRecord>, StoreError> {
+        query_json(&self.conn.lock(), "list quotas", "SELECT json FROM quotas ORDER BY quota_url, name", [])
+    }
+
+    fn delete_quota(&self, name: &str) -> Result<bool, StoreError> {
+        let n =
+            exec(&self.conn.lock(), &format!("delete quota {name:?}"), "DELETE FROM quotas WHERE name = ?1", [name])?;
+        Ok(n > 0)
     }
 }
 
