@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentbox_core::backend::{
-    Backend, BackendError, ContainerObservation, ContainerState, ExecOutput, ExecRequest, LogLine, SlotObservation,
-    SlotSpec,
+    Backend, BackendError, ContainerObservation, ContainerState, ExecOutput, ExecRequest, LogFollow, LogLine,
+    SlotObservation, SlotSpec,
 };
 use agentbox_core::model::{ContainerSpec, RegistryCredential, RuntimeClass};
 use async_trait::async_trait;
@@ -69,6 +69,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await.map_err(blocking_err)?
 }
 
+fn log_line(container: &str, e: logs::Entry) -> LogLine {
+    LogLine { timestamp: e.timestamp, container: container.to_owned(), stream: "combined".into(), line: e.line }
+}
+
 fn find_in_path(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.is_file())).or_else(
         || ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(bin)).find(|p| p.is_file()),
@@ -96,6 +100,7 @@ impl LocalBackend {
         let netns_dir = layout.netns_dir();
         let netns = blocking(move || net::NetnsHolder::start(&netns_dir)).await?;
         let rotator = Arc::new(Rotator::new(cfg.log_max_bytes));
+        rotator.start_stamper();
         let r2 = rotator.clone();
         let reaper = Reaper::start(Box::new(move || r2.tick())).map_err(LocalError::io("become child subreaper"))?;
         let helper =
@@ -136,6 +141,20 @@ impl LocalBackend {
     pub async fn remove_host_network(&self) -> Result<(), BackendError> {
         let (b, s) = (self.inner.bridge.clone(), self.inner.subnet);
         Ok(blocking(move || net::remove_host_network(&b, s)).await?)
+    }
+
+    /// The log files of `container` (None = every container) of a slot, by container name.
+    async fn log_files(&self, slot_id: &str, container: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+        let handle = self.handle(slot_id)?;
+        let rec = handle.lock().await;
+        let names: Vec<String> = match container {
+            Some(n) if rec.containers.iter().any(|c| c.name == n) => vec![n.to_owned()],
+            Some(n) => {
+                return Err(LocalError::ContainerNotFound { slot: slot_id.to_owned(), container: n.to_owned() });
+            }
+            None => rec.containers.iter().map(|c| c.name.clone()).collect(),
+        };
+        Ok(names.into_iter().map(|n| (n.clone(), self.inner.layout.log_file(slot_id, &n))).collect())
     }
 
     fn handle(&self, slot_id: &str) -> Result<SlotHandle> {
@@ -590,6 +609,45 @@ impl Inner {
     }
 }
 
+impl LocalBackend {
+    /// Start an interactive process with a terminal (see [`crate::pty`]).
+    async fn exec_pty_inner(
+        &self,
+        slot_id: &str,
+        req: &agentbox_core::backend::PtyRequest,
+    ) -> Result<agentbox_core::backend::PtySession> {
+        if req.argv.is_empty() {
+            return Err(LocalError::Invalid("a terminal needs a command (argv is empty)".into()));
+        }
+        let handle = self.handle(slot_id)?;
+        let (rt, id, init_pid) = {
+            let rec = handle.lock().await;
+            let c = match &req.container {
+                Some(name) => rec.containers.iter().find(|c| &c.name == name),
+                None => rec.containers.first(),
+            }
+            .ok_or_else(|| LocalError::ContainerNotFound {
+                slot: slot_id.to_owned(),
+                container: req.container.clone().unwrap_or_else(|| "0".into()),
+            })?;
+            if !self.inner.container_state(slot_id, c).is_running() {
+                return Err(LocalError::NotRunning { slot: slot_id.to_owned(), container: c.name.clone() });
+            }
+            (self.inner.runtime(rec.runtime)?, c.container_id.clone(), c.pid)
+        };
+        let p = ExecProcess {
+            args: req.argv.clone(),
+            env: req.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: req.cwd.clone(),
+            uid: 0,
+            gid: 0,
+        };
+        let (cols, rows) = (req.cols.max(1), req.rows.max(1));
+        let started = blocking(move || rt.exec_tty(&id, &p, init_pid, cols, rows)).await?;
+        crate::pty::drive(started)
+    }
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     fn name(&self) -> &'static str {
@@ -713,34 +771,77 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn exec_pty(
+        &self,
+        slot_id: &str,
+        req: &agentbox_core::backend::PtyRequest,
+    ) -> Result<agentbox_core::backend::PtySession, BackendError> {
+        Ok(self.exec_pty_inner(slot_id, req).await?)
+    }
+
     async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
-        let handle = self.handle(slot_id)?;
-        let names: Vec<String> = {
-            let rec = handle.lock().await;
-            match container {
-                Some(n) => {
-                    if !rec.containers.iter().any(|c| c.name == n) {
-                        return Err(BackendError::ContainerNotFound {
-                            slot: slot_id.to_owned(),
-                            container: n.to_owned(),
-                        });
-                    }
-                    vec![n.to_owned()]
-                }
-                None => rec.containers.iter().map(|c| c.name.clone()).collect(),
-            }
-        };
-        let layout = self.inner.layout.clone();
-        let slot = slot_id.to_owned();
+        let files = self.log_files(slot_id, container).await?;
+        let rotator = self.inner.rotator.clone();
         Ok(blocking(move || {
             let mut out = Vec::new();
-            for n in names {
-                for line in logs::tail(&layout.log_file(&slot, &n), lines) {
-                    out.push(LogLine { timestamp: None, container: n.clone(), stream: "combined".into(), line });
-                }
+            for (name, path) in files {
+                out.extend(rotator.read(&path, lines).entries.into_iter().map(|e| log_line(&name, e)));
             }
             Ok(out)
         })
         .await?)
+    }
+
+    /// Polls the log files every 100 ms (see [`logs::Follower`]); the task ends when the receiver
+    /// is dropped, the slot is destroyed or the backend goes away.
+    async fn follow_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<LogFollow, BackendError> {
+        let files = self.log_files(slot_id, container).await?;
+        let rotator = self.inner.rotator.clone();
+        let (initial, mut followers) = blocking(move || {
+            let mut initial = Vec::new();
+            let mut followers = Vec::new();
+            for (name, path) in files {
+                let tail = rotator.read(&path, lines);
+                initial.extend(tail.entries.iter().cloned().map(|e| log_line(&name, e)));
+                followers.push((name, logs::Follower::after(path, &tail)));
+            }
+            Ok((initial, followers))
+        })
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let weak = Arc::downgrade(&self.inner);
+        let slot = slot_id.to_owned();
+        tokio::spawn(async move {
+            for l in initial {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                let batch: Vec<LogLine> = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if !inner.slots.lock().contains_key(&slot) {
+                        return;
+                    }
+                    // Bounded reads of local files (at most 1 MiB per file and poll): short enough
+                    // for the async thread.
+                    followers
+                        .iter_mut()
+                        .flat_map(|(name, f)| f.poll(&inner.rotator).into_iter().map(|e| log_line(name, e)).collect::<Vec<_>>())
+                        .collect()
+                };
+                for l in batch {
+                    if tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 }

@@ -22,6 +22,7 @@ mod error;
 mod images;
 mod logs;
 mod net;
+mod pty;
 mod reaper;
 mod rootfs;
 mod runtime;

@@ -87,6 +87,24 @@ impl Client {
             .with_context(|| format!("unexpected response: {}", String::from_utf8_lossy(&bytes)))
     }
 
+    /// `GET` a streaming endpoint: the response once its status is a success (errors as [`ApiError`]).
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let resp = self.request(Method::GET, path).send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the agentbox server at {}: {e}\nstart it with `agentbox serve` or set AGENTBOX_ENDPOINT",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.context("reading the response")?;
+            let body = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+            return Err(ApiError { status, body }.into());
+        }
+        Ok(resp)
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.request(Method::GET, path)).await
     }

@@ -31,6 +31,8 @@ enum Command {
     Sandbox(cmd::sandbox::SandboxCmd),
     /// Run a command in a sandbox: `agentbox exec ID -- cmd args...`.
     Exec(cmd::sandbox::ExecArgs),
+    /// Open an interactive shell in a sandbox (exit code = the shell's): `agentbox terminal ID`.
+    Terminal(cmd::terminal::TerminalArgs),
     /// Images of the local backend.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Pool(c) => c.run().await,
             Command::Sandbox(c) => c.run().await,
             Command::Exec(a) => a.run().await,
+            Command::Terminal(a) => a.run().await,
             Command::Image(c) => c.run().await,
             Command::Bench(a) => a.run().await,
         }

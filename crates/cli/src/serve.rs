@@ -9,7 +9,9 @@ use std::sync::Arc;
 use agentbox_core::model::{ContainerSpec, PodCreationImagePolicy, SandboxSpec, TemplateSpec};
 use agentbox_server::auth::AuthInfo;
 use agentbox_server::engine::{CreatePoolRequest, CreateTemplateRequest, Engine, EngineConfig};
+use agentbox_server::authn::{AuthConfig, RateLimit};
 use agentbox_server::http::{AppState, router};
+use agentbox_server::keys::ServerKey;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
@@ -47,6 +49,19 @@ pub struct ServeArgs {
     /// HS256 secret for JWT bearer tokens.
     #[arg(long, env = "AGENTBOX_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Minimum `X-AgentBox-Client-Version` for writes made with an API key (older → 426).
+    #[arg(long, env = "AGENTBOX_MIN_CLIENT_VERSION", default_value = "0.0.0")]
+    pub min_client_version: semver::Version,
+    /// Requests per second allowed per API key user (token bucket); 0 = no rate limit.
+    #[arg(long, env = "AGENTBOX_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Bucket size of the rate limit (default: 2 × the rate).
+    #[arg(long, env = "AGENTBOX_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// How long an API key lookup is cached.
+    #[arg(long, env = "AGENTBOX_APIKEY_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub apikey_cache_ttl: std::time::Duration,
+    /// This cluster's id (pool docs, cross-cluster ids, `GET /v1/clusters`).
     #[arg(long, env = "AGENTBOX_CLUSTER_ID", default_value = "local")]
     pub cluster_id: String,
     #[arg(long, env = "AGENTBOX_CLUSTERS_CONFIG")]
@@ -131,11 +146,14 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     if a.backend == BackendKind::Kubernetes {
         bail!("the kubernetes backend is not available in this build yet; use --backend local (the default)");
     }
-    if a.admin_key.is_some() || a.jwt_secret.is_some() || a.clusters_config.is_some() {
-        bail!(
-            "--admin-key, --jwt-secret and --clusters-config are not supported by this build yet; \
-             start without them (dev mode: every caller is admin, so listen on loopback only)"
-        );
+    if a.clusters_config.is_some() {
+        bail!("--clusters-config is not supported by this build yet (multi-cluster routing comes with the gateway)");
+    }
+    if a.admin_key.as_deref().is_some_and(|k| k.len() < 16) {
+        bail!("--admin-key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)");
+    }
+    if a.jwt_secret.as_deref().is_some_and(|k| k.len() < 16) {
+        bail!("--jwt-secret is too short: use at least 16 characters");
     }
     if effective_uid() != 0 {
         bail!("the local backend needs root (namespaces, cgroups, overlay mounts, veth): run `sudo agentbox serve`");
@@ -155,6 +173,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         Arc::new(backend),
         EngineConfig {
             history_retention: std::time::Duration::from_secs(a.history_retention_days * 86400),
+            cluster_id: a.cluster_id.clone(),
             ..Default::default()
         },
     );
@@ -162,10 +181,33 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     if !a.no_default_pool {
         ensure_defaults(&engine, a.default_pool_size).await?;
     }
-    let state = AppState::new(Arc::clone(&engine), Some(images));
+    let server_key = ServerKey::load_or_create(&a.data_dir.join("server.key"))
+        .with_context(|| format!("loading the server key {}", a.data_dir.join("server.key").display()))?;
+    let auth_cfg = AuthConfig {
+        admin_key: a.admin_key.clone(),
+        jwt_secret: a.jwt_secret.clone(),
+        server_key,
+        key_cache_ttl: a.apikey_cache_ttl,
+        min_client_version: a.min_client_version.clone(),
+        rate_limit: (a.rate_limit > 0).then(|| RateLimit {
+            per_second: a.rate_limit,
+            burst: a.rate_limit_burst.unwrap_or(a.rate_limit.saturating_mul(2)),
+        }),
+    };
+    let dev_mode = auth_cfg.admin_key.is_none();
+    let state = AppState::with_auth(Arc::clone(&engine), Some(images), auth_cfg);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
-    tracing::warn!("DEV MODE: no admin key configured, every caller is an anonymous admin; keep --listen on loopback");
+    if dev_mode {
+        tracing::warn!(
+            "DEV MODE: no admin key configured (--admin-key / AGENTBOX_ADMIN_KEY), so every caller without \
+             credentials is an anonymous ADMIN; keep --listen on loopback"
+        );
+        eprintln!(
+            "WARNING: agentbox runs in DEV MODE: no admin key is configured, every caller without credentials \
+             is an anonymous admin. Set --admin-key before exposing {addr} beyond this machine."
+        );
+    }
     tracing::info!(
         "E2B API ({}) and data-plane proxy ({}) are not served by this build yet",
         a.e2b_listen,

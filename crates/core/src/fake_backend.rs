@@ -18,6 +18,10 @@ pub struct FakeBackend {
     counter: AtomicU64,
     /// Every call, in order (`create p-1`, `switch p-1 host`, ...), for assertions.
     pub calls: Mutex<Vec<String>>,
+    /// Log lines by slot (see [`FakeBackend::push_log`]).
+    logs: Mutex<BTreeMap<String, Vec<LogLine>>>,
+    /// Open followers: (slot, container filter, sender); dropped when the slot is destroyed.
+    followers: Mutex<Vec<(String, Option<String>, tokio::sync::mpsc::Sender<LogLine>)>>,
 }
 
 impl FakeBackend {
@@ -31,6 +35,43 @@ impl FakeBackend {
         {
             c.state = ContainerState::Exited { exit_code: Some(exit_code), oom_killed: oom };
         }
+    }
+    /// Append a line to the log of `container` in a slot (as if the container printed it), with a
+    /// timestamp of now; open followers receive it.
+    pub fn push_log(&self, slot_id: &str, container: &str, line: &str) {
+        let l = LogLine {
+            timestamp: Some(crate::model::now_rfc3339()),
+            container: container.into(),
+            stream: "combined".into(),
+            line: line.into(),
+        };
+        self.logs.lock().entry(slot_id.into()).or_default().push(l.clone());
+        self.followers.lock().retain(|(slot, filter, tx)| {
+            if slot != slot_id || filter.as_deref().is_some_and(|f| f != container) {
+                return !tx.is_closed();
+            }
+            !matches!(tx.try_send(l.clone()), Err(tokio::sync::mpsc::error::TrySendError::Closed(_)))
+        });
+    }
+    fn stored_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
+        let slots = self.slots.lock();
+        let s = slots.get(slot_id).ok_or_else(|| BackendError::SlotNotFound(slot_id.into()))?;
+        if let Some(c) = container
+            && !s.containers.iter().any(|o| o.name == c)
+        {
+            return Err(BackendError::ContainerNotFound { slot: slot_id.into(), container: c.into() });
+        }
+        let all: Vec<LogLine> = self
+            .logs
+            .lock()
+            .get(slot_id)
+            .into_iter()
+            .flatten()
+            .filter(|l| container.is_none_or(|c| c == l.container))
+            .cloned()
+            .collect();
+        let skip = if lines == 0 { 0 } else { all.len().saturating_sub(lines) };
+        Ok(all[skip..].to_vec())
     }
     fn containers(&self, specs: &[ContainerSpec]) -> Vec<ContainerObservation> {
         specs
@@ -55,6 +96,49 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
+    }
+    /// Echoes input back as output, reports a resize as the line `[resize COLSxROWS]`, ends with
+    /// code N at a line `exit N`, and with code 129 (hung up) on `Close` or when the input is dropped.
+    async fn exec_pty(&self, slot_id: &str, req: &PtyRequest) -> Result<PtySession, BackendError> {
+        {
+            let slots = self.slots.lock();
+            let s = slots.get(slot_id).ok_or_else(|| BackendError::SlotNotFound(slot_id.into()))?;
+            if !s.containers[0].state.is_running() {
+                return Err(BackendError::NotRunning { slot: slot_id.into(), container: s.containers[0].name.clone() });
+            }
+        }
+        self.calls.lock().push(format!("exec_pty {slot_id} {}", req.argv.join(" ")));
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<PtyInput>(16);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut line: Vec<u8> = Vec::new();
+            let code = 'session: loop {
+                match in_rx.recv().await {
+                    Some(PtyInput::Data(d)) => {
+                        let _ = out_tx.send(d.clone()).await;
+                        for b in d {
+                            if b != b'\n' {
+                                line.push(b);
+                                continue;
+                            }
+                            let text = String::from_utf8_lossy(&line).trim().to_string();
+                            line.clear();
+                            if let Some(n) = text.strip_prefix("exit ") {
+                                break 'session n.trim().parse().unwrap_or(1);
+                            }
+                        }
+                    }
+                    Some(PtyInput::Resize { cols, rows }) => {
+                        let _ = out_tx.send(format!("[resize {cols}x{rows}]\r\n").into_bytes()).await;
+                    }
+                    Some(PtyInput::Close) | None => break 129,
+                }
+            };
+            drop(out_tx);
+            let _ = exit_tx.send(code);
+        });
+        Ok(PtySession { input: in_tx, output: out_rx, exit: exit_rx })
     }
     async fn prepare_image(&self, image: &str, _: &[RegistryCredential]) -> Result<(), BackendError> {
         if image.starts_with("broken") {
@@ -121,9 +205,62 @@ impl Backend for FakeBackend {
     async fn destroy_slot(&self, slot_id: &str) -> Result<(), BackendError> {
         self.calls.lock().push(format!("destroy {slot_id}"));
         self.slots.lock().remove(slot_id);
+        self.logs.lock().remove(slot_id);
+        self.followers.lock().retain(|(slot, _, _)| slot != slot_id);
         Ok(())
     }
-    async fn logs(&self, slot_id: &str, _: Option<&str>, _: usize) -> Result<Vec<LogLine>, BackendError> {
-        self.inspect(slot_id).await.map(|_| vec![])
+    async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
+        self.stored_logs(slot_id, container, lines)
+    }
+    async fn follow_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<LogFollow, BackendError> {
+        let initial = self.stored_logs(slot_id, container, lines)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        for l in initial {
+            let _ = tx.try_send(l);
+        }
+        self.followers.lock().push((slot_id.into(), container.map(str::to_owned), tx));
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod pty_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fake_pty_echoes_resizes_and_exits_with_the_code() {
+        let b = FakeBackend::new();
+        let spec = SlotSpec {
+            slot_id: "s".into(),
+            pool: "p".into(),
+            namespace: "default".into(),
+            runtime: Default::default(),
+            containers: vec![ContainerSpec { name: "main".into(), image: "host".into(), ..Default::default() }],
+            resources: Default::default(),
+            egress: true,
+            registry_credentials: vec![],
+        };
+        b.create_slot(&spec).await.unwrap();
+        let req = PtyRequest {
+            container: None,
+            argv: vec!["sh".into()],
+            env: Default::default(),
+            cwd: None,
+            cols: 80,
+            rows: 24,
+        };
+        let mut s = b.exec_pty("s", &req).await.unwrap();
+        s.input.send(PtyInput::Data(b"echo hi\n".to_vec())).await.unwrap();
+        assert_eq!(s.output.recv().await.unwrap(), b"echo hi\n");
+        s.input.send(PtyInput::Resize { cols: 100, rows: 40 }).await.unwrap();
+        assert_eq!(s.output.recv().await.unwrap(), b"[resize 100x40]\r\n");
+        s.input.send(PtyInput::Data(b"exit 3\n".to_vec())).await.unwrap();
+        assert_eq!(s.output.recv().await.unwrap(), b"exit 3\n");
+        assert_eq!(s.output.recv().await, None);
+        assert_eq!(s.exit.await.unwrap(), 3);
+        assert!(matches!(b.exec_pty("nope", &req).await, Err(BackendError::SlotNotFound(_))));
+        let s = b.exec_pty("s", &req).await.unwrap();
+        drop(s.input);
+        assert_eq!(s.exit.await.unwrap(), 129);
     }
 }

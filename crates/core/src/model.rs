@@ -336,7 +336,33 @@ pub struct PoolSpec {
     pub pod_creation_image_policy: PodCreationImagePolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Deprecated alias of `reservation: {quotaURL}`: honoured only when `reservation` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_url: Option<String>,
+    /// Charge this pool's slots to a quota (admitted against the quota's free resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+}
+
+impl PoolSpec {
+    /// The reservation the pool asks for: `reservation`, else the deprecated `quotaUrl` alone as
+    /// `reservation: {quotaURL}`, else none.
+    pub fn effective_reservation(&self) -> Option<Reservation> {
+        match (&self.reservation, &self.quota_url) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(url)) => Some(Reservation { quota_url: Some(url.clone()) }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A pool's request to be charged to a quota. Without `quotaURL` the caller's default quota URL
+/// (from its API key) is used; the server records the URL it resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    /// Hierarchical, dot-separated quota URL (`org.team.user`).
+    #[serde(default, rename = "quotaURL", alias = "quotaUrl", skip_serializing_if = "Option::is_none")]
     pub quota_url: Option<String>,
 }
 
@@ -654,6 +680,23 @@ mod tests {
     }
 
     #[test]
+    fn deprecated_quota_url_is_a_reservation_alias() {
+        let spec = |v: serde_json::Value| -> PoolSpec {
+            let mut base = serde_json::json!({"replicas": 1, "template": {"idleImage": "pause", "containers": []}});
+            base.as_object_mut().unwrap().extend(v.as_object().unwrap().clone());
+            serde_json::from_value(base).unwrap()
+        };
+        let url = |s: &PoolSpec| s.effective_reservation().map(|r| r.quota_url);
+        assert_eq!(url(&spec(serde_json::json!({}))), None);
+        assert_eq!(url(&spec(serde_json::json!({"quotaUrl": "org.a"}))), Some(Some("org.a".into())));
+        let both = spec(serde_json::json!({"quotaUrl": "org.a", "reservation": {"quotaURL": "org.b"}}));
+        assert_eq!(url(&both), Some(Some("org.b".into())));
+        assert_eq!(url(&spec(serde_json::json!({"reservation": {}}))), Some(None));
+        let wire = serde_json::to_value(&both).unwrap();
+        assert_eq!(wire["reservation"], serde_json::json!({"quotaURL": "org.b"}));
+    }
+
+    #[test]
     fn idle_containers_follow_the_policy() {
         let c = ContainerSpec {
             name: "main".into(),
@@ -684,6 +727,7 @@ mod tests {
                 pod_creation_image_policy: PodCreationImagePolicy::IdleImage,
                 autoscaling: None,
                 quota_url: None,
+                reservation: None,
             },
             overrides: PoolOverrides::default(),
             labels: BTreeMap::new(),

@@ -164,6 +164,7 @@ pub mod conformance {
                 pod_creation_image_policy: PodCreationImagePolicy::IdleImage,
                 autoscaling: None,
                 quota_url: None,
+                reservation: None,
             },
             overrides: PoolOverrides::default(),
             labels: Default::default(),

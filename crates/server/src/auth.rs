@@ -5,12 +5,7 @@ use agentbox_core::store::SandboxFilter;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Tenant,
-}
+pub use agentbox_core::identity::Role;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -20,8 +15,15 @@ pub struct AuthInfo {
     pub role: Role,
     pub user: String,
     pub team: String,
+    /// The quota URL the caller's key names by default (may be empty).
     #[serde(skip_serializing_if = "String::is_empty")]
+    pub quota_url: String,
+    /// `apikey`, `jwt`, `admin-key` or `dev` (no admin key configured).
     pub auth_method: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub email: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 impl AuthInfo {
@@ -32,11 +34,23 @@ impl AuthInfo {
             role: Role::Admin,
             user: "anonymous-admin".into(),
             team: String::new(),
-            auth_method: String::new(),
+            quota_url: String::new(),
+            auth_method: "dev".into(),
+            email: String::new(),
+            name: String::new(),
         }
     }
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+    /// An admin acting as itself (not impersonating a team+user): it owns no quotas and must
+    /// impersonate (`X-Impersonate-Team` + `X-Impersonate-User`) to act as a tenant.
+    pub fn is_bare_admin(&self) -> bool {
+        self.is_admin()
+            && (self.team.is_empty()
+                || self.user.is_empty()
+                || self.auth_method == "dev"
+                || self.auth_method == "admin-key")
     }
     /// May the caller claim from / manage a pool owned by (team, user)?
     pub fn may_use(&self, team: &str, user: &str) -> bool {

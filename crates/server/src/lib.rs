@@ -1,5 +1,7 @@
 //! agentbox server: the lifecycle engine and the native HTTP API.
 
 pub mod auth;
+pub mod authn;
 pub mod engine;
 pub mod http;
+pub mod keys;

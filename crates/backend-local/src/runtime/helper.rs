@@ -137,7 +137,8 @@ pub const TENANT_EXEC_ENV: &str = "AGENTBOX_LIBCONTAINER_TENANT_EXEC";
 pub const ONE_SHOT_EXEC_ENV: &str = "AGENTBOX_ONE_SHOT_EXEC_HELPER";
 
 fn exec(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
-    if a.one("via").ok() == Some("tenant") {
+    let tty = a.one("tty").ok() == Some("1");
+    if a.one("via").ok() == Some("tenant") && !tty {
         return exec_tenant(a, result);
     }
     let num = |k: &str| a.one(k).ok().and_then(|v| v.parse::<u32>().ok());
@@ -151,6 +152,7 @@ fn exec(a: &Args, result: &Path) -> std::result::Result<Outcome, String> {
         cwd: a.one("cwd").ok(),
         uid: num("uid"),
         gid: num("gid"),
+        tty,
     };
     let pid_file = result.with_extension("pid");
     match super::nsexec::run(&req, |pid| {
@@ -325,6 +327,19 @@ impl HelperClient {
         p: &super::ExecProcess,
         fds: crate::capture::ChildFds,
     ) -> Result<super::ExecWaiter> {
+        self.exec_with(root, id, p, fds, false)
+    }
+
+    /// [`Self::exec`]; with `tty` the process leads a new session whose controlling terminal is
+    /// its stdin (which must then be a terminal).
+    pub fn exec_with(
+        &self,
+        root: &Path,
+        id: &str,
+        p: &super::ExecProcess,
+        fds: crate::capture::ChildFds,
+        tty: bool,
+    ) -> Result<super::ExecWaiter> {
         std::fs::create_dir_all(&self.scratch).map_err(LocalError::io("create helper scratch dir"))?;
         let result = self.result_path();
         let mut args: Vec<String> = vec!["exec".into()];
@@ -340,7 +355,9 @@ impl HelperClient {
         for (k, v) in &p.env {
             opt("env", format!("{k}={v}"));
         }
-        if std::env::var_os(TENANT_EXEC_ENV).is_some() {
+        if tty {
+            opt("tty", "1".into());
+        } else if std::env::var_os(TENANT_EXEC_ENV).is_some() {
             opt("via", "tenant".into());
         }
         args.push("--".into());

@@ -13,7 +13,9 @@ use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 
 use super::helper::HelperClient;
-use super::{ExecProcess, ExecWaiter, OciRuntime, PROCESS_LOCK as LIFECYCLE, RuntimeStatus, StartRequest, list_dirs};
+use super::{
+    ExecProcess, ExecWaiter, OciRuntime, PROCESS_LOCK as LIFECYCLE, RuntimeStatus, StartRequest, TtyExec, list_dirs,
+};
 use crate::capture::ChildFds;
 use crate::error::{LocalError, Result};
 
@@ -148,5 +150,21 @@ impl OciRuntime for Libcontainer {
 
     fn list(&self) -> Vec<String> {
         list_dirs(&self.root)
+    }
+
+    fn exec_tty(&self, id: &str, p: &ExecProcess, init_pid: i32, cols: u16, rows: u16) -> Result<TtyExec> {
+        let Some(h) = &self.helper else {
+            return Err(LocalError::Invalid(
+                "interactive terminals need the libcontainer helper process (set libcontainer_helper)".into(),
+            ));
+        };
+        let pair = super::tty::open_pair(Some(init_pid))?;
+        super::tty::set_size(std::os::fd::AsRawFd::as_raw_fd(&pair.master), cols, rows)?;
+        let dup = || pair.slave.try_clone().map_err(LocalError::io("dup terminal fd"));
+        let fds = ChildFds { stdin: dup()?, stdout: dup()?, stderr: dup()? };
+        let waiter = h.exec_with(&self.root, id, p, fds, true)?;
+        drop(pair.slave);
+        let pid = super::wait_tenant_pid(&waiter, std::time::Duration::from_secs(10));
+        Ok(TtyExec { waiter, master: pair.master, pid })
     }
 }

@@ -4,6 +4,7 @@ pub mod helper;
 mod libcontainer;
 mod nsexec;
 mod runc;
+pub(crate) mod tty;
 mod zygote;
 
 use std::fs::File;
@@ -234,6 +235,45 @@ pub trait OciRuntime: Send + Sync {
     fn state(&self, id: &str) -> Result<Option<RuntimeStatus>>;
     /// Ids of every container in this runtime's state root.
     fn list(&self) -> Vec<String>;
+    /// Start a process with a terminal of `cols`x`rows` in a running container whose init is
+    /// `init_pid`. The process leads its own session with the terminal as controlling terminal.
+    fn exec_tty(&self, id: &str, p: &ExecProcess, init_pid: i32, cols: u16, rows: u16) -> Result<TtyExec>;
+}
+
+/// A started interactive process.
+pub struct TtyExec {
+    pub waiter: ExecWaiter,
+    /// The terminal's master side (close-on-exec).
+    pub master: std::os::fd::OwnedFd,
+    /// Host pid of the process (its session id), when known.
+    pub pid: Option<i32>,
+}
+
+/// Wait (at most `timeout`) until the helper reports the pid of the process it started. `None`
+/// when it finished without one (it failed before starting the process) or took too long.
+pub(crate) fn wait_tenant_pid(w: &ExecWaiter, timeout: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // Whether it finished is checked before the pid is read: a pid written just before the
+        // end is still seen.
+        let (finished, pid) = match w {
+            ExecWaiter::Child(pid) => return Some(*pid),
+            ExecWaiter::Runc { pid_file, .. } => {
+                (false, std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse().ok()))
+            }
+            ExecWaiter::Helper { result, .. } => (result.exists(), helper::HelperClient::exec_pid(result)),
+            ExecWaiter::Zygote { done, result, .. } => {
+                (wait_closed(done, Duration::from_millis(1)), helper::HelperClient::exec_pid(result))
+            }
+        };
+        if pid.is_some() {
+            return pid;
+        }
+        if finished || std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn list_dirs(root: &Path) -> Vec<String> {

@@ -42,6 +42,8 @@ pub struct Request<'a> {
     pub cwd: Option<&'a str>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Stdin is a terminal: make the process a session leader with it as controlling terminal.
+    pub tty: bool,
 }
 
 /// Move the calling process into each cgroup whose `cgroup.procs` is open in `procs`.
@@ -79,6 +81,7 @@ struct Prepared {
     gid: u32,
     process: Process,
     seccomp: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+    tty: bool,
 }
 
 fn cstr(s: &str, what: &str) -> Result<CString, String> {
@@ -218,6 +221,7 @@ fn prepare(
         gid,
         process,
         seccomp,
+        tty: req.tty,
     })
 }
 
@@ -287,6 +291,9 @@ fn setup(p: &Prepared) -> Result<(), String> {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    if p.tty {
+        super::tty::become_session_leader()?;
     }
     let sys = create_syscall();
     for rl in p.process.rlimits().iter().flatten() {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use super::{ExecProcess, ExecWaiter, OciRuntime, RuntimeStatus, StartRequest, list_dirs, spawn_locked};
+use super::{ExecProcess, ExecWaiter, OciRuntime, RuntimeStatus, StartRequest, TtyExec, list_dirs, spawn_locked};
 use crate::capture::ChildFds;
 use crate::error::{LocalError, Result};
 
@@ -143,6 +143,65 @@ impl OciRuntime for Runc {
 
     fn list(&self) -> Vec<String> {
         list_dirs(&self.root)
+    }
+
+    /// `runc exec --detach --tty --console-socket`: runc creates the terminal inside the container,
+    /// sends us its master and exits; the process is then re-parented to this process (the backend
+    /// makes it a child subreaper), which waits for it like any child.
+    fn exec_tty(&self, id: &str, p: &ExecProcess, _init_pid: i32, cols: u16, rows: u16) -> Result<TtyExec> {
+        let seq = next_exec_seq();
+        let pid_file = self.log_dir.join(format!("{id}.tty.{seq}.pid"));
+        let sock_path = self.log_dir.join(format!("{id}.tty.{seq}.sock"));
+        let _ = std::fs::remove_file(&sock_path);
+        let listener = std::os::unix::net::UnixListener::bind(&sock_path)
+            .map_err(LocalError::io(format!("bind console socket {}", sock_path.display())))?;
+        let cleanup = || {
+            let _ = std::fs::remove_file(&sock_path);
+            let _ = std::fs::remove_file(&pid_file);
+        };
+        let mut c = self.cmd(id);
+        c.arg("exec")
+            .arg("--detach")
+            .arg("--tty")
+            .arg("--console-socket")
+            .arg(&sock_path)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg("--user")
+            .arg(format!("{}:{}", p.uid, p.gid));
+        if let Some(cwd) = &p.cwd {
+            c.arg("--cwd").arg(cwd);
+        }
+        for (k, v) in &p.env {
+            c.arg("--env").arg(format!("{k}={v}"));
+        }
+        c.arg(id).args(&p.args);
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = spawn_locked(&mut c).and_then(|child| child.wait_with_output()).map_err(|e| {
+            cleanup();
+            err(format!("cannot run {} (install runc): {e}", self.binary.display()))
+        })?;
+        if !out.status.success() {
+            let msg = self.last_error(id, &out.stderr);
+            cleanup();
+            return Err(err(format!("exec --tty in {id}: {}: {msg}", out.status)));
+        }
+        let master = super::tty::recv_console(&listener);
+        let pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        cleanup();
+        let Some(pid) = pid else {
+            return Err(err(format!("runc exec --tty in {id} wrote no pid file")));
+        };
+        let master = match master {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = ExecWaiter::Child(pid).wait(std::time::Duration::from_secs(5));
+                return Err(e);
+            }
+        };
+        super::tty::set_size(std::os::fd::AsRawFd::as_raw_fd(&master), cols, rows)?;
+        Ok(TtyExec { waiter: ExecWaiter::Child(pid), master, pid: Some(pid) })
     }
 }
 

@@ -5,6 +5,7 @@ pub mod image;
 pub mod pool;
 pub mod sandbox;
 pub mod template;
+pub mod terminal;
 
 use anyhow::{Context, Result};
 

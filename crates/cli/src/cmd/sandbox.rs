@@ -61,14 +61,32 @@ pub enum SandboxCmd {
         #[command(flatten)]
         c: ClientArgs,
     },
-    /// Print the stdout/stderr of a sandbox's containers.
+    /// Print the stdout/stderr of a sandbox's containers (or a runtime's log files).
     Logs {
         id: String,
-        /// Last N lines (0 = all).
+        /// Last N lines (0 = all, at most 10000).
         #[arg(long, default_value_t = 0)]
         lines: usize,
+        /// Only this container.
         #[arg(long)]
         container: Option<String>,
+        /// `stdout` (default) or the name of a runtime with a logDir.
+        #[arg(long)]
+        source: Option<String>,
+        /// Keep printing new lines as they are written, until the sandbox ends (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+        /// Prefix each line with its timestamp.
+        #[arg(short, long)]
+        timestamps: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Set the idle timeout of a sandbox (e.g. 30m, 1h, 1800); 0 removes it.
+    Timeout {
+        id: String,
+        /// A duration such as 90s, 30m, 1h30m, integer seconds, or 0 to remove the idle timeout.
+        duration: String,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -156,23 +174,99 @@ impl SandboxCmd {
                 let v: Value = Client::new(&c)?.delete(&format!("/v1/sandboxes/{id}")).await?;
                 print(c.output, &v, std::slice::from_ref(&v), &[("SANDBOX ID", "/sandboxId"), ("STATUS", "/status")]);
             }
-            SandboxCmd::Logs { id, lines, container, c } => {
-                let mut q = format!("/v1/sandboxes/{id}/logs?lines={lines}");
+            SandboxCmd::Logs { id, lines, container, source, follow, timestamps, c } => {
+                let mut q = format!("?lines={lines}");
                 if let Some(ct) = container {
-                    q.push_str(&format!("&container={ct}"));
+                    q.push_str(&format!("&container={}", urlencode(&ct)));
                 }
-                let v: Value = Client::new(&c)?.get(&q).await?;
+                if let Some(s) = source {
+                    q.push_str(&format!("&source={}", urlencode(&s)));
+                }
+                let client = Client::new(&c)?;
+                if follow {
+                    return follow_logs(&client, &format!("/v1/sandboxes/{id}/logs/stream{q}"), c.output, timestamps)
+                        .await;
+                }
+                let v: Value = client.get(&format!("/v1/sandboxes/{id}/logs{q}")).await?;
                 if c.output == Format::Json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
+                    let mut out = std::io::stdout().lock();
                     for e in v["entries"].as_array().into_iter().flatten() {
-                        println!("{}", e["log"].as_str().unwrap_or(""));
+                        print_entry(&mut out, e, timestamps)?;
+                    }
+                    if v["truncated"].as_bool() == Some(true) {
+                        eprintln!("(older lines not shown)");
+                    }
+                }
+            }
+            SandboxCmd::Timeout { id, duration, c } => {
+                let timeout = match duration.parse::<u64>() {
+                    Ok(n) => json!(n),
+                    Err(_) => json!(duration),
+                };
+                let v: Value =
+                    Client::new(&c)?.put(&format!("/v1/sandboxes/{id}/timeout"), &json!({ "timeout": timeout })).await?;
+                if c.output == Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    match v["sandbox"]["idleTimeoutSeconds"].as_u64() {
+                        Some(s) => println!("sandbox {id}: idle timeout {s}s"),
+                        None => println!("sandbox {id}: no idle timeout"),
                     }
                 }
             }
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_entry(out: &mut impl Write, e: &Value, timestamps: bool) -> std::io::Result<()> {
+    let log = e["log"].as_str().unwrap_or("");
+    match e["timestamp"].as_str().filter(|_| timestamps) {
+        Some(ts) => writeln!(out, "{ts} {log}"),
+        None => writeln!(out, "{log}"),
+    }
+}
+
+/// Print an NDJSON log stream as it comes; returns when the server ends it (the sandbox ended).
+async fn follow_logs(client: &Client, path: &str, output: Format, timestamps: bool) -> Result<ExitCode> {
+    use futures::StreamExt;
+    let resp = client.open_stream(path).await?;
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!("the log stream broke off: {e}"))?;
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut out = std::io::stdout().lock();
+            if output == Format::Json {
+                writeln!(out, "{line}")?;
+            } else {
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if v["_meta"].as_bool() == Some(true) {
+                    continue;
+                }
+                print_entry(&mut out, &v, timestamps)?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 impl ExecArgs {

@@ -1,11 +1,15 @@
 //! The lifecycle engine: owns the per-pool claim queues and reconcilers, and drives the backend
 //! and the store. Handlers call one engine function per request; no lifecycle logic lives in HTTP.
 
+mod activity;
+mod logs;
 mod pools;
+mod quotas;
 mod reconcile;
 mod recovery;
 mod sandboxes;
 mod templates;
+mod terminal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,12 +24,21 @@ use agentbox_core::store::Store;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
+pub use logs::{
+    EndpointReadiness, FollowItem, LogEntry, LogSource, LogStreamMeta, LogsQuery, MAX_LOG_LINES, ReadinessResult,
+    SandboxLogs,
+};
 pub use pools::{CreatePoolRequest, PoolCondition, PoolDiagnostic, PoolStatus, PoolView, UpdatePoolRequest};
+pub use quotas::{
+    AvailableQuotaURLSummary, AvailableQuotaURLsDetail, CreateQuotaRequest, QUOTA_EXCEEDED, QUOTA_RETRY_AFTER_SECS,
+    QuotaExceededDetail, QuotaResourcesInput, QuotaView, UpdateQuotaRequest,
+};
 pub use sandboxes::{
     CreateSandboxRequest, DeleteSandboxResult, ExecCommand, ExecRequestBody, ExecResult, ListSandboxesQuery,
     SandboxList,
 };
 pub use templates::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
+pub use terminal::{ExecToken, TOKEN_TTL as EXEC_TOKEN_TTL};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -42,6 +55,10 @@ pub struct EngineConfig {
     pub history_retention: Duration,
     /// Base URL the sandbox endpoints are built from (`{base}/sandboxes/{id}/{port}`), if any.
     pub proxy_base_url: Option<String>,
+    /// How often idle timeouts are checked (a sandbox is released at most this late).
+    pub idle_sweep_interval: Duration,
+    /// This cluster's id (`--cluster-id`); rendered into pool docs and cross-cluster sandbox ids.
+    pub cluster_id: String,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +70,8 @@ impl Default for EngineConfig {
             default_startup_timeout: Duration::from_secs(120),
             history_retention: Duration::from_secs(7 * 24 * 3600),
             proxy_base_url: None,
+            idle_sweep_interval: Duration::from_secs(1),
+            cluster_id: "local".into(),
         }
     }
 }
@@ -76,6 +95,12 @@ pub struct Engine {
     /// Serializes the read-check-write of a sandbox's status between a claim finishing its switch
     /// and a release arriving at the same moment (held only around store calls, never across awaits).
     pub(crate) transitions: Mutex<()>,
+    /// Outstanding single-use terminal tokens (see `terminal.rs`).
+    pub(crate) exec_tokens: terminal::ExecTokens,
+    /// Last activity per sandbox, for idle timeouts (see `activity.rs`).
+    pub(crate) activity: activity::Activity,
+    /// Serializes quota admission (usage read → pool write) and quota writes; see `quotas.rs`.
+    pub(crate) quota_admission: Mutex<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -90,8 +115,20 @@ impl Engine {
             pools: Mutex::new(HashMap::new()),
             slot_locks: Mutex::new(HashMap::new()),
             transitions: Mutex::new(()),
+            exec_tokens: Default::default(),
+            activity: Default::default(),
+            quota_admission: Mutex::new(()),
             shutdown,
         })
+    }
+
+    /// The store this engine writes to.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cfg.cluster_id
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -105,6 +142,16 @@ impl Engine {
         for pool in self.store.list_pools(None)? {
             self.ensure_pool_rt(&pool);
         }
+        let me = Arc::clone(self);
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(me.cfg.idle_sweep_interval) => me.sweep_idle(),
+                    _ = stop.changed() => return,
+                }
+            }
+        });
         let me = Arc::clone(self);
         let mut stop = self.shutdown.subscribe();
         tokio::spawn(async move {
@@ -222,3 +269,5 @@ pub(crate) fn age_since(ts: Option<&str>) -> Duration {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_timeout;

@@ -53,8 +53,12 @@ pub struct CreatePoolRequest {
     pub pod_creation_image_policy: Option<PodCreationImagePolicy>,
     #[serde(default)]
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Deprecated: use `reservation: {quotaURL}`.
     #[serde(default, rename = "quotaURL", alias = "quotaUrl")]
     pub quota_url: Option<String>,
+    /// Charge the pool's slots to a quota; admitted against its free resources (429 when full).
+    #[serde(default)]
+    pub reservation: Option<agentbox_core::model::Reservation>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -242,7 +246,7 @@ impl Engine {
         let effective = apply_overrides(&base, &overrides)?;
         let replicas = req.replicas.unwrap_or(1);
         validate_sizes(replicas, req.min_replicas, req.max_replicas, req.autoscaling.as_ref())?;
-        let pool = Pool {
+        let mut pool = Pool {
             name: req.name.clone(),
             namespace: auth.namespace.clone(),
             team: auth.team.clone(),
@@ -258,6 +262,7 @@ impl Engine {
                 pod_creation_image_policy: req.pod_creation_image_policy.unwrap_or_default(),
                 autoscaling: req.autoscaling,
                 quota_url: req.quota_url,
+                reservation: req.reservation,
             },
             overrides,
             labels: req.labels,
@@ -267,6 +272,7 @@ impl Engine {
             resource_version: 1,
             deleting: false,
         };
+        let _quota = self.admit_reservation(auth, &mut pool, None)?;
         self.store.create_pool(&pool).map_err(|e| match e {
             StoreError::Conflict(_) => AppError::conflict(format!("pool {:?} already exists", pool.name)),
             e => e.into(),
@@ -372,6 +378,7 @@ impl Engine {
             }
             validate_sizes(p.spec.replicas, p.spec.min_replicas, p.spec.max_replicas, p.spec.autoscaling.as_ref())?;
             p.resource_version = cur.resource_version + 1;
+            let _quota = self.admit_reservation(auth, &mut p, Some(&cur))?;
             match self.store.update_pool(&p, cur.resource_version) {
                 Ok(()) => {
                     if let Some(rt) = self.pool_rt(&(p.namespace.clone(), p.name.clone())) {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use agentbox_core::backend::{BackendError, ExecRequest};
 use agentbox_core::duration::WireDuration;
 use agentbox_core::error::{AppError, AvailablePoolSummary, AvailablePoolsDetail, PoolStatusDetail};
-use agentbox_core::model::{ContainerSpec, Pool, Sandbox, SandboxEndpoint, SandboxStatus, Slot, SlotPhase};
+use agentbox_core::model::{
+    ContainerSpec, Pool, Sandbox, SandboxEndpoint, SandboxStatus, Slot, SlotPhase, StatusDetail,
+};
 use agentbox_core::quantity::{format_cpu_millis, format_memory_bytes};
 use agentbox_core::store::{SandboxFilter, StoreError};
 use agentbox_core::validate;
@@ -364,6 +366,7 @@ impl Engine {
         };
         tracing::info!(sandbox_id = %sandbox.sandbox_id, pool = %plan.pool.name, slot = %slot.slot_id, same_image, "claimed");
         if same_image {
+            self.touch(&sandbox.sandbox_id);
             return Ok(self.decorate(sandbox));
         }
         // In-place image switch, in its own task so that a deadline never interrupts it half-way.
@@ -394,6 +397,7 @@ impl Engine {
                 sandbox.container_id = obs.main().map(|c| c.container_id.clone());
                 sandbox.ip = obs.ip.clone().or(sandbox.ip);
                 self.store.put_slot_and_sandbox(&slot, &sandbox)?;
+                self.touch(&sandbox.sandbox_id);
                 Ok(self.decorate(sandbox))
             }
             Ok(Ok(Err(e))) => {
@@ -427,6 +431,13 @@ impl Engine {
     /// Add the read-time fields.
     pub(crate) fn decorate(&self, sb: Sandbox) -> Sandbox {
         let mut sb = sb.with_duration(chrono::Utc::now());
+        if !sb.status.is_terminal()
+            && let Some(last) = self.last_active(&sb.sandbox_id)
+            && let Ok(ago) = chrono::Duration::from_std(last.elapsed())
+        {
+            sb.last_active_at =
+                Some((chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
         if let (Some(base), false) = (&self.cfg.proxy_base_url, sb.status.is_terminal())
             && let Ok(Some(pool)) = self.store.get_pool(&sb.namespace, &sb.pool_name)
         {
@@ -540,6 +551,7 @@ impl Engine {
             sb.status = end;
             sb.terminated_at = Some(now());
             if let Some((r, m)) = failure {
+                sb.status_detail = Some(StatusDetail { reason: Some(r.into()), message: Some(m.clone()) });
                 sb.failure_reason = Some(r.into());
                 sb.failure_message = Some(m);
             }
@@ -550,6 +562,7 @@ impl Engine {
         sb.stop_reason = Some(end);
         sb.terminated_at = Some(now());
         if let Some((r, m)) = failure {
+            sb.status_detail = Some(StatusDetail { reason: Some(r.into()), message: Some(m.clone()) });
             sb.failure_reason = Some(r.into());
             sb.failure_message = Some(m);
         }
@@ -670,6 +683,7 @@ impl Engine {
             stdin: body.stdin.map(String::into_bytes),
             timeout: Duration::from_secs(timeout),
         };
+        self.touch(id);
         let started = Instant::now();
         let out = self.backend.exec(&sb.pod_name, &req).await?;
         Ok(ExecResult {
@@ -688,26 +702,5 @@ impl Engine {
             tracing::warn!(sandbox_id = %id, reason, "sandbox failed: {message}");
             let _ = self.release(id, SandboxStatus::Failed, Some((reason, message)), exit_code);
         }
-    }
-}
-
-impl Engine {
-    /// Container logs of a live sandbox.
-    pub async fn logs(
-        &self,
-        auth: &AuthInfo,
-        id: &str,
-        container: Option<&str>,
-        lines: usize,
-    ) -> Result<(Sandbox, Vec<agentbox_core::backend::LogLine>), AppError> {
-        let sb = self.visible_sandbox(auth, id)?;
-        if sb.status.is_terminal() {
-            return Err(AppError::not_found(format!(
-                "sandbox {id} already ended ({}); its container logs were discarded with its slot",
-                sb.status.as_str()
-            )));
-        }
-        let lines = self.backend.logs(&sb.pod_name, container, lines).await?;
-        Ok((sb, lines))
     }
 }

@@ -28,17 +28,36 @@ pub async fn ping() -> Json<Ping> {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
     pub role: Role,
     pub user: String,
     pub team: String,
     pub namespace: String,
+    /// `apikey`, `jwt`, `admin-key`, `impersonation`, or `dev` (no admin key configured).
+    pub auth_method: String,
+    #[serde(rename = "quotaURL", skip_serializing_if = "String::is_empty")]
+    pub quota_url: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub email: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// Who the server thinks the caller is.
-#[utoipa::path(get, path = "/v1/auth/whoami", tag = "meta", responses((status = 200, body = WhoAmI)))]
+#[utoipa::path(get, path = "/v1/auth/whoami", tag = "meta",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 pub async fn whoami(auth: AuthInfo) -> Json<WhoAmI> {
-    Json(WhoAmI { role: auth.role, user: auth.user, team: auth.team, namespace: auth.namespace })
+    Json(WhoAmI {
+        role: auth.role,
+        user: auth.user,
+        team: auth.team,
+        namespace: auth.namespace,
+        auth_method: auth.auth_method,
+        quota_url: auth.quota_url,
+        email: auth.email,
+        name: auth.name,
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,10 +1,15 @@
 //! The HTTP edge: router, OpenAPI document, auth extraction, request ids and tracing.
 
+mod admin;
 pub mod error;
+mod keys;
+mod logs;
 mod misc;
 mod pools;
+mod quotas;
 mod sandboxes;
 mod templates;
+mod terminal;
 
 use std::sync::Arc;
 
@@ -19,6 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::AuthInfo;
+use crate::authn::{AuthConfig, Authenticator};
 use crate::engine::Engine;
 pub use error::{ApiError, ErrorBody};
 
@@ -26,27 +32,58 @@ pub use error::{ApiError, ErrorBody};
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub images: Option<agentbox_images::ImageStore>,
+    pub auth: Arc<Authenticator>,
 }
 
 impl AppState {
-    /// State for a server in dev mode (no admin key: every caller is the anonymous admin).
+    /// State for a server in dev mode (no admin key: anonymous callers are the admin).
     pub fn new(engine: Arc<Engine>, images: Option<agentbox_images::ImageStore>) -> Arc<AppState> {
-        Arc::new(AppState { engine, images })
+        Self::with_auth(engine, images, AuthConfig::default())
+    }
+
+    /// State with the given authentication settings.
+    pub fn with_auth(
+        engine: Arc<Engine>,
+        images: Option<agentbox_images::ImageStore>,
+        cfg: AuthConfig,
+    ) -> Arc<AppState> {
+        let auth = Arc::new(Authenticator::new(cfg, engine.store()));
+        Arc::new(AppState { engine, images, auth })
+    }
+}
+
+/// An authenticated caller that must be an admin (403 otherwise).
+pub struct AdminAuth(pub AuthInfo);
+
+impl FromRequestParts<Arc<AppState>> for AdminAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let auth = AuthInfo::from_request_parts(parts, st).await?;
+        if !auth.is_admin() {
+            return Err(ApiError(agentbox_core::error::AppError::forbidden(
+                "admin access required: use the admin key or an admin JWT",
+            )));
+        }
+        Ok(AdminAuth(auth))
     }
 }
 
 impl FromRequestParts<Arc<AppState>> for AuthInfo {
     type Rejection = ApiError;
-    async fn from_request_parts(_parts: &mut Parts, _st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        // Dev mode: no admin key configured, every caller is the anonymous admin (issue #3 adds keys).
-        Ok(AuthInfo::dev_admin())
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if let Some(a) = parts.extensions.get::<AuthInfo>() {
+            return Ok(a.clone());
+        }
+        let auth = st.auth.authenticate(&parts.method, &parts.headers)?;
+        parts.extensions.insert(auth.clone());
+        Ok(auth)
     }
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "agentbox API", description = "Warm pools of sandboxes for AI agents: claim in milliseconds, switch images in place."),
-    tags((name = "sandboxes"), (name = "pools"), (name = "templates"), (name = "images"), (name = "meta"))
+    tags((name = "sandboxes"), (name = "pools"), (name = "templates"), (name = "api-keys"), (name = "quotas"), (name = "statistics"), (name = "admin"), (name = "images"), (name = "meta"))
 )]
 struct ApiDoc;
 
@@ -57,13 +94,33 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sandboxes::create_sandbox, sandboxes::list_sandboxes))
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
         .routes(routes!(sandboxes::exec))
-        .routes(routes!(sandboxes::logs))
+        .routes(routes!(terminal::create_exec_token))
+        .routes(routes!(terminal::terminal))
+        .routes(routes!(logs::logs))
+        .routes(routes!(logs::logs_stream))
+        .routes(routes!(logs::set_timeout))
+        .routes(routes!(logs::is_ready))
         .routes(routes!(pools::create_pool, pools::list_pools))
         .routes(routes!(pools::get_pool, pools::update_pool, pools::delete_pool))
         .routes(routes!(templates::list_templates))
         .routes(routes!(templates::get_template))
         .routes(routes!(templates::create_template))
         .routes(routes!(templates::update_template, templates::delete_template))
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::delete_key))
+        .routes(routes!(keys::admin_create_key, keys::admin_list_keys))
+        .routes(routes!(keys::admin_delete_key))
+        .routes(routes!(admin::sandbox_statistics))
+        .routes(routes!(admin::admin_sandbox_statistics))
+        .routes(routes!(admin::admin_pool_statistics))
+        .routes(routes!(admin::admin_teams))
+        .routes(routes!(admin::admin_team_users))
+        .routes(routes!(admin::admin_namespaces))
+        .routes(routes!(admin::clusters))
+        .routes(routes!(quotas::create_quota, quotas::list_all_quotas))
+        .routes(routes!(quotas::get_quota, quotas::update_quota, quotas::delete_quota))
+        .routes(routes!(quotas::list_my_quotas))
+        .routes(routes!(quotas::feature_gates))
         .routes(routes!(misc::list_images))
         .routes(routes!(misc::import_image))
 }

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use agentbox_core::error::{AppError, ErrorKind};
+
 use super::AppState;
 use super::error::{ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::auth::AuthInfo;
@@ -15,7 +17,67 @@ use crate::engine::{CreatePoolRequest, PoolView, UpdatePoolRequest};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PoolEnvelope {
+    pub pool: PoolWithDocs,
+}
+
+/// A pool, and on `GET /v1/sandboxpools/{name}` its template's docs rendered for the caller.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolWithDocs {
+    #[serde(flatten)]
     pub pool: PoolView,
+    /// Markdown with `${AGBX_POOL_NAME}`, `${AGBX_CLUSTER_ID}` and `${AGBX_API_KEY}` filled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_docs: Option<String>,
+}
+
+impl From<PoolView> for PoolWithDocs {
+    fn from(pool: PoolView) -> Self {
+        PoolWithDocs { pool, pool_docs: None }
+    }
+}
+
+/// Pool creation needs the acting user to own an API key (the bare admin excepted): keys are how
+/// admins find teams and users, and pool docs show the user's key.
+fn require_api_key(st: &AppState, auth: &AuthInfo) -> Result<(), AppError> {
+    if auth.is_bare_admin() || st.auth.first_key_of(&auth.team, &auth.user, false)?.is_some() {
+        return Ok(());
+    }
+    Err(AppError::new(
+        ErrorKind::Unprocessable,
+        "no api key found for this user; create one with POST /v1/api-keys (or `agentbox apikey create`), then retry",
+    )
+    .with_code("API_KEY_REQUIRED"))
+}
+
+/// Render the pool's template docs for the caller (422 API_KEY_REQUIRED when they need the caller's
+/// key and the caller has none this server can show).
+fn render_docs(st: &AppState, auth: &AuthInfo, pool: &PoolView) -> Result<Option<String>, AppError> {
+    let Some(tname) = pool.spec.template_name.as_deref() else { return Ok(None) };
+    let Some(t) = st.engine.store().get_template(tname)? else { return Ok(None) };
+    if t.spec.docs.is_empty() {
+        return Ok(None);
+    }
+    let mut docs = t.spec.docs.replace("${AGBX_POOL_NAME}", &pool.name).replace("${AGBX_CLUSTER_ID}", st.engine.cluster_id());
+    if docs.contains("${AGBX_API_KEY}") {
+        let key = if auth.is_bare_admin() {
+            "YOUR_API_KEY".to_string()
+        } else {
+            match st.auth.first_key_of(&auth.team, &auth.user, true)?.and_then(|k| k.raw_token) {
+                Some(k) => k,
+                None => {
+                    return Err(AppError::new(
+                        ErrorKind::Unprocessable,
+                        "no api key with a recoverable token found for this user; create one with POST /v1/api-keys \
+                         to view the pool docs",
+                    )
+                    .with_code("API_KEY_REQUIRED"));
+                }
+            }
+        };
+        docs = docs.replace("${AGBX_API_KEY}", &key);
+    }
+    Ok(Some(docs))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,13 +99,15 @@ pub struct DeletePoolResult {
 #[utoipa::path(post, path = "/v1/sandboxpools", tag = "pools", request_body = CreatePoolRequest,
     responses((status = 201, body = PoolEnvelope),
         (status = 400, body = ErrorBody, description = "invalid; a missing template carries detail.availableTemplates"),
-        (status = 409, body = ErrorBody, description = "name taken")))]
+        (status = 409, body = ErrorBody, description = "name taken"),
+        (status = 422, body = ErrorBody, description = "API_KEY_REQUIRED: the user owns no api key yet")))]
 pub async fn create_pool(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
     ApiJson(req): ApiJson<CreatePoolRequest>,
 ) -> ApiResult<(StatusCode, Json<PoolEnvelope>)> {
-    Ok((StatusCode::CREATED, Json(PoolEnvelope { pool: st.engine.create_pool(&auth, req)? })))
+    require_api_key(&st, &auth)?;
+    Ok((StatusCode::CREATED, Json(PoolEnvelope { pool: st.engine.create_pool(&auth, req)?.into() })))
 }
 
 /// Pools the caller may use, sorted by name.
@@ -55,13 +119,16 @@ pub async fn list_pools(State(st): State<Arc<AppState>>, auth: AuthInfo) -> ApiR
 
 /// One pool with live status and diagnostics.
 #[utoipa::path(get, path = "/v1/sandboxpools/{name}", tag = "pools", params(("name" = String, Path)),
-    responses((status = 200, body = PoolEnvelope), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PoolEnvelope), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "API_KEY_REQUIRED: the docs show the caller's key and it has none")))]
 pub async fn get_pool(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<PoolEnvelope>> {
-    Ok(Json(PoolEnvelope { pool: st.engine.get_pool(&auth, &name)? }))
+    let pool = st.engine.get_pool(&auth, &name)?;
+    let pool_docs = render_docs(&st, &auth, &pool)?;
+    Ok(Json(PoolEnvelope { pool: PoolWithDocs { pool, pool_docs } }))
 }
 
 /// Change size, policies or the image override.
@@ -74,7 +141,7 @@ pub async fn update_pool(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdatePoolRequest>,
 ) -> ApiResult<Json<PoolEnvelope>> {
-    Ok(Json(PoolEnvelope { pool: st.engine.update_pool(&auth, &name, req)? }))
+    Ok(Json(PoolEnvelope { pool: st.engine.update_pool(&auth, &name, req)?.into() }))
 }
 
 /// Delete a pool: Terminating until its slots are destroyed. Running sandboxes end as Released.

@@ -6,8 +6,8 @@ use agentbox_core::model::Sandbox;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
@@ -80,62 +80,4 @@ pub async fn exec(
     ApiJson(body): ApiJson<ExecRequestBody>,
 ) -> ApiResult<Json<ExecResult>> {
     Ok(Json(st.engine.exec(&auth, &id, body).await?))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct LogsQuery {
-    /// Container name (default: all).
-    pub container: Option<String>,
-    /// Last N lines, 0 = all, at most 10000 (default 0).
-    pub lines: Option<usize>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LogEntry {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<String>,
-    pub container: String,
-    pub stream: String,
-    pub log: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxLogs {
-    pub sandbox_id: String,
-    pub pod_name: String,
-    pub entries: Vec<LogEntry>,
-    pub total_bytes: u64,
-    pub truncated: bool,
-    pub source: String,
-}
-
-/// The stdout/stderr of the sandbox's containers.
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path), LogsQuery),
-    responses((status = 200, body = SandboxLogs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn logs(
-    State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LogsQuery>,
-) -> ApiResult<Json<SandboxLogs>> {
-    let lines = q.lines.unwrap_or(0);
-    if lines > 10_000 {
-        return Err(agentbox_core::error::AppError::bad_request("lines must be 0..=10000 (0 = all)").into());
-    }
-    let (sb, lines) = st.engine.logs(&auth, &id, q.container.as_deref(), lines).await?;
-    let total_bytes = lines.iter().map(|l| l.line.len() as u64 + 1).sum();
-    Ok(Json(SandboxLogs {
-        sandbox_id: sb.sandbox_id,
-        pod_name: sb.pod_name,
-        truncated: q.lines.is_some_and(|n| n > 0 && lines.len() >= n),
-        entries: lines
-            .into_iter()
-            .map(|l| LogEntry { timestamp: l.timestamp, container: l.container, stream: l.stream, log: l.line })
-            .collect(),
-        total_bytes,
-        source: "stdout".into(),
-    }))
 }

@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
-use agentbox_core::error::AppError;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::{AdminAuth, AppState};
 use super::error::{ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::auth::AuthInfo;
 use crate::engine::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
@@ -33,9 +32,6 @@ pub struct DeleteTemplateResult {
     pub status: String,
 }
 
-fn require_admin(auth: &AuthInfo) -> Result<(), AppError> {
-    if auth.is_admin() { Ok(()) } else { Err(AppError::forbidden("admin api key required")) }
-}
 
 /// Templates visible to the caller, sorted by name.
 #[utoipa::path(get, path = "/v1/sandbox-templates", tag = "templates", responses((status = 200, body = TemplateList)))]
@@ -61,10 +57,9 @@ pub async fn get_template(
         (status = 409, body = ErrorBody)))]
 pub async fn create_template(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    _admin: AdminAuth,
     ApiJson(req): ApiJson<CreateTemplateRequest>,
 ) -> ApiResult<(StatusCode, Json<TemplateEnvelope>)> {
-    require_admin(&auth)?;
     let t = st.engine.create_template(req)?;
     Ok((StatusCode::CREATED, Json(TemplateEnvelope { template: TemplateView::from(t) })))
 }
@@ -76,11 +71,10 @@ pub async fn create_template(
         (status = 409, body = ErrorBody)))]
 pub async fn update_template(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    _admin: AdminAuth,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateTemplateRequest>,
 ) -> ApiResult<Json<TemplateEnvelope>> {
-    require_admin(&auth)?;
     Ok(Json(TemplateEnvelope { template: TemplateView::from(st.engine.update_template(&name, req)?) }))
 }
 
@@ -89,10 +83,9 @@ pub async fn update_template(
     responses((status = 202, body = DeleteTemplateResult), (status = 404, body = ErrorBody)))]
 pub async fn delete_template(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    _admin: AdminAuth,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<DeleteTemplateResult>)> {
-    require_admin(&auth)?;
     st.engine.delete_template(&name)?;
     Ok((StatusCode::ACCEPTED, Json(DeleteTemplateResult { name, status: "Deleted".into() })))
 }
