@@ -53,10 +53,7 @@ fn rotated(path: &Path) -> PathBuf {
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// RFC 3339, microseconds, UTC (`2026-11-28T22:52:34.123456Z`).

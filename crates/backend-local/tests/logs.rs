@@ -123,10 +123,7 @@ async fn suite(state: &Path, images: &Path) {
 
     // Destroying the slot ends the follow.
     b.destroy_slot(&slot).await.expect("destroy");
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        while rx.recv().await.is_some() {}
-    })
-    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while rx.recv().await.is_some() {} }).await;
     assert!(ended.is_ok(), "the follow did not end when the slot was destroyed");
     assert!(b.logs(&slot, None, 0).await.is_err(), "no logs for a destroyed slot");
 }

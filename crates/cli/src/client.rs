@@ -46,6 +46,19 @@ impl std::fmt::Display for ApiError {
             let names: Vec<_> = pools.iter().filter_map(|p| p.get("name").and_then(Value::as_str)).collect();
             write!(f, "\navailable pools: {}", names.join(", "))?;
         }
+        if let Some(qs) = self.body.pointer("/detail/availableQuotaURLs").and_then(Value::as_array) {
+            let urls: Vec<_> = qs
+                .iter()
+                .filter_map(|q| {
+                    let url = q.get("url").and_then(Value::as_str)?;
+                    Some(match q.get("free").and_then(Value::as_str) {
+                        Some(free) if !free.is_empty() => format!("{url} (free {free})"),
+                        _ => url.to_string(),
+                    })
+                })
+                .collect();
+            write!(f, "\navailable quota URLs: {}", if urls.is_empty() { "none".into() } else { urls.join(", ") })?;
+        }
         Ok(())
     }
 }
@@ -62,7 +75,10 @@ impl Client {
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut rb = self.http.request(method, format!("{}{}", self.base, path));
+        let mut rb = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("X-AgentBox-Client-Version", env!("CARGO_PKG_VERSION"));
         if let Some(k) = &self.key {
             rb = rb.header("AGENTBOX-API-KEY", k);
         }

@@ -33,6 +33,14 @@ enum Command {
     Exec(cmd::sandbox::ExecArgs),
     /// Open an interactive shell in a sandbox (exit code = the shell's): `agentbox terminal ID`.
     Terminal(cmd::terminal::TerminalArgs),
+    /// API keys: yours, or (admin) anyone's.
+    #[command(subcommand)]
+    Apikey(cmd::apikey::ApiKeyCmd),
+    /// Who the server thinks you are.
+    Whoami(crate::client::ClientArgs),
+    /// Quotas: admin management, or `quota list --mine`.
+    #[command(subcommand)]
+    Quota(cmd::quota::QuotaCmd),
     /// Images of the local backend.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
@@ -63,6 +71,9 @@ fn main() -> ExitCode {
             Command::Sandbox(c) => c.run().await,
             Command::Exec(a) => a.run().await,
             Command::Terminal(a) => a.run().await,
+            Command::Apikey(c) => c.run().await,
+            Command::Whoami(c) => cmd::whoami(c).await,
+            Command::Quota(c) => c.run().await,
             Command::Image(c) => c.run().await,
             Command::Bench(a) => a.run().await,
         }

@@ -12,6 +12,9 @@ use parking_lot::Mutex;
 use crate::backend::*;
 use crate::model::{ContainerSpec, RegistryCredential};
 
+/// An open `follow_logs`: (slot, container filter, sender).
+type Follower = (String, Option<String>, tokio::sync::mpsc::Sender<LogLine>);
+
 #[derive(Default)]
 pub struct FakeBackend {
     slots: Mutex<BTreeMap<String, SlotObservation>>,
@@ -21,7 +24,7 @@ pub struct FakeBackend {
     /// Log lines by slot (see [`FakeBackend::push_log`]).
     logs: Mutex<BTreeMap<String, Vec<LogLine>>>,
     /// Open followers: (slot, container filter, sender); dropped when the slot is destroyed.
-    followers: Mutex<Vec<(String, Option<String>, tokio::sync::mpsc::Sender<LogLine>)>>,
+    followers: Mutex<Vec<Follower>>,
 }
 
 impl FakeBackend {

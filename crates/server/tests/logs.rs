@@ -196,7 +196,8 @@ async fn log_stream_follows_and_ends_with_the_sandbox() {
     app.pool("p", 1, json!([])).await;
     let (id, slot) = app.claim(json!({"poolName": "p"})).await;
     app.backend.push_log(&slot, "main", "before");
-    let req = Request::get(format!("/v1/sandboxes/{id}/logs/stream?container=main&lines=1")).body(Body::empty()).unwrap();
+    let req =
+        Request::get(format!("/v1/sandboxes/{id}/logs/stream?container=main&lines=1")).body(Body::empty()).unwrap();
     let resp = app.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let h = resp.headers();
@@ -266,8 +267,7 @@ async fn idle_sandboxes_are_released_and_active_ones_kept() {
     assert_eq!(s, StatusCode::OK);
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2500) {
-        let (s, _, _) =
-            app.call("POST", &format!("/v1/sandboxes/{busy}/exec"), Some(r#"{"command":["true"]}"#)).await;
+        let (s, _, _) = app.call("POST", &format!("/v1/sandboxes/{busy}/exec"), Some(r#"{"command":["true"]}"#)).await;
         assert_eq!(s, StatusCode::OK, "the busy sandbox stays Running");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -297,7 +297,10 @@ async fn is_ready_probes_each_runtime() {
     let (ok, _) = app.claim(json!({"poolName": "ok"})).await;
     let (s, v, _) = app.call("GET", &format!("/v1/sandboxes/{ok}/is_ready"), None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v, json!({"sandboxId": ok, "ready": true, "endpoints": {"a": {"ready": true}, "plain": {"ready": true}}}));
+    assert_eq!(
+        v,
+        json!({"sandboxId": ok, "ready": true, "endpoints": {"a": {"ready": true}, "plain": {"ready": true}}})
+    );
 
     let (bad, _) = app.claim(json!({"poolName": "bad"})).await;
     let (s, v, _) = app.call("GET", &format!("/v1/sandboxes/{bad}/is_ready"), None).await;

@@ -55,8 +55,9 @@ impl TestApp {
     }
 
     async fn quota(&self, name: &str, url: &str, resources: Value) -> Value {
-        let Resp(s, v, _) =
-            self.call("POST", "/v1/admin/quotas", Some(json!({"name": name, "quotaURL": url, "resources": resources}))).await;
+        let Resp(s, v, _) = self
+            .call("POST", "/v1/admin/quotas", Some(json!({"name": name, "quotaURL": url, "resources": resources})))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["quota"].clone()
     }
@@ -116,7 +117,11 @@ async fn admin_crud_with_canonical_quantities_and_optimistic_locking() {
     assert_eq!(v["total"], 2);
     let urls: Vec<_> = v["items"].as_array().unwrap().iter().map(|q| q["quotaURL"].as_str().unwrap()).collect();
     assert_eq!(urls, ["org", "org.team"]);
-    assert_eq!(app.get_quota("q0").await["free"], json!({"sandboxes": 100}), "only limited resources have a free amount");
+    assert_eq!(
+        app.get_quota("q0").await["free"],
+        json!({"sandboxes": 100}),
+        "only limited resources have a free amount"
+    );
 
     // PUT replaces the spec; a stale resourceVersion is 409.
     let put = json!({"quotaURL": "org.team", "queue": "ondemand", "team": "team-a", "resources": {"cpu": "4"}, "resourceVersion": 1});
@@ -211,8 +216,9 @@ async fn pools_are_admitted_against_free_and_refused_with_429() {
     assert_eq!(app.get_quota("team").await["reserved"]["sandboxes"], 1);
 
     // Lowering the quota below what is reserved: free floors at 0, scale-in still works.
-    let Resp(s, v, _) =
-        app.call("PUT", "/v1/admin/quotas/team", Some(json!({"quotaURL": "org.team", "resources": {"cpu": "500m"}}))).await;
+    let Resp(s, v, _) = app
+        .call("PUT", "/v1/admin/quotas/team", Some(json!({"quotaURL": "org.team", "resources": {"cpu": "500m"}})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["quota"]["free"], json!({"cpu": "0"}));
     assert_eq!(app.call("PUT", "/v1/sandboxpools/a", Some(json!({"replicas": 0}))).await.0, StatusCode::OK);
@@ -292,7 +298,11 @@ async fn a_parent_quota_limits_its_children() {
 async fn a_reservation_needs_a_usable_quota_url() {
     let app = TestApp::new().await;
     app.quota("team", "org.team", json!({"cpu": "2", "memory": "4Gi", "sandboxes": 3})).await;
-    let cases = [(json!({}), "names no quota"), (json!({"quotaURL": "org.nope"}), "org.nope"), (json!({"quotaURL": "Bad URL"}), "not valid")];
+    let cases = [
+        (json!({}), "names no quota"),
+        (json!({"quotaURL": "org.nope"}), "org.nope"),
+        (json!({"quotaURL": "Bad URL"}), "not valid"),
+    ];
     for (res, needle) in cases {
         let Resp(s, v, _) = app.call("POST", "/v1/sandboxpools", Some(pool_body("p", 1, Some(res.clone())))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{res}: {v}");
@@ -350,8 +360,7 @@ async fn tenants_see_and_use_only_their_quotas() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
     // Pool creation needs the acting user to own an api key.
-    let Resp(s, v, _) =
-        app.call("POST", "/v1/admin/api-keys", Some(json!({"team": "team-a", "user": "alice"}))).await;
+    let Resp(s, v, _) = app.call("POST", "/v1/admin/api-keys", Some(json!({"team": "team-a", "user": "alice"}))).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
     // `a` has no owner (usable by anyone), `alice` is alice's, `b` is team-b's.
@@ -371,13 +380,24 @@ async fn tenants_see_and_use_only_their_quotas() {
 
     // Alice may not charge team-b's quota; the 400 lists only her own.
     let Resp(s, v, _) = app
-        .call_as(IMPERSONATE_ALICE, "POST", "/v1/sandboxpools", Some(pool_body("p", 1, Some(json!({"quotaURL": "org.team-b"})))))
+        .call_as(
+            IMPERSONATE_ALICE,
+            "POST",
+            "/v1/sandboxpools",
+            Some(pool_body("p", 1, Some(json!({"quotaURL": "org.team-b"})))),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let avail: Vec<_> = v["detail"]["availableQuotaURLs"].as_array().unwrap().iter().map(|a| a["url"].clone()).collect();
+    let avail: Vec<_> =
+        v["detail"]["availableQuotaURLs"].as_array().unwrap().iter().map(|a| a["url"].clone()).collect();
     assert_eq!(avail, [json!("org.team-a"), json!("org.team-a.alice")]);
     let Resp(s, v, _) = app
-        .call_as(IMPERSONATE_ALICE, "POST", "/v1/sandboxpools", Some(pool_body("p", 2, Some(json!({"quotaURL": "org.team-a.alice"})))))
+        .call_as(
+            IMPERSONATE_ALICE,
+            "POST",
+            "/v1/sandboxpools",
+            Some(pool_body("p", 2, Some(json!({"quotaURL": "org.team-a.alice"})))),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let Resp(_, v, _) = app.call_as(IMPERSONATE_ALICE, "GET", "/v1/quotas", None).await;

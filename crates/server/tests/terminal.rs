@@ -161,7 +161,7 @@ async fn tokens_are_single_use_bound_to_their_sandbox_and_required() {
     // missing token
     let (s, v) = call(&app, "GET", &format!("/v1/sandboxes/{id}/terminal"), None).await;
     assert_eq!((s, v["error"].as_str()), (401, Some("token query parameter is required")), "{v}");
-    let err = connect(&app, &id, "").await.err().expect("refused");
+    let err = connect(&app, &id, "").await.expect_err("refused");
     assert_eq!(err.0, 401);
     // unknown token
     let (s, v) = call(&app, "GET", &format!("/v1/sandboxes/{id}/terminal?token=abc"), None).await;
@@ -178,7 +178,7 @@ async fn tokens_are_single_use_bound_to_their_sandbox_and_required() {
     // ... used once, then never again
     let ws = connect(&app, &id, &t).await.expect("first use");
     drop(ws);
-    let err = connect(&app, &id, &t).await.err().expect("second use refused");
+    let err = connect(&app, &id, &t).await.expect_err("second use refused");
     assert_eq!(err.0, 401);
     assert!(err.1.contains("exec token is invalid or has expired"), "{}", err.1);
 
@@ -192,7 +192,7 @@ async fn tokens_are_single_use_bound_to_their_sandbox_and_required() {
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("needs a Running sandbox"), "{v}");
     // a token issued before the release no longer opens a terminal
-    let err = connect(&app, &id, &t).await.err().expect("refused after release");
+    let err = connect(&app, &id, &t).await.expect_err("refused after release");
     assert_eq!(err.0, 409, "{}", err.1);
 }
 

@@ -1,8 +1,10 @@
 //! Client subcommands, one file per resource.
 
+pub mod apikey;
 pub mod bench;
 pub mod image;
 pub mod pool;
+pub mod quota;
 pub mod sandbox;
 pub mod template;
 pub mod terminal;
@@ -17,4 +19,16 @@ pub fn read_doc(path: &str) -> Result<serde_json::Value> {
         std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
     };
     serde_yaml::from_str(&text).with_context(|| format!("{path} is neither valid JSON nor YAML"))
+}
+
+/// `agentbox whoami`.
+pub async fn whoami(c: crate::client::ClientArgs) -> Result<std::process::ExitCode> {
+    let v: serde_json::Value = crate::client::Client::new(&c)?.get("/v1/auth/whoami").await?;
+    crate::output::print(
+        c.output,
+        &v,
+        std::slice::from_ref(&v),
+        &[("ROLE", "/role"), ("TEAM", "/team"), ("USER", "/user"), ("NAMESPACE", "/namespace"), ("AUTH", "/authMethod")],
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -34,6 +34,9 @@ pub enum PoolCmd {
         /// Override container 0's image.
         #[arg(long)]
         image: Option<String>,
+        /// Reserve the pool's slots against this quota URL (`org.team.user`).
+        #[arg(long)]
+        quota_url: Option<String>,
         /// Full create request as JSON/YAML (`-` = stdin); `name` is taken from the argument.
         #[arg(short, long)]
         file: Option<String>,
@@ -110,7 +113,7 @@ impl PoolCmd {
                     }
                 }
             }
-            PoolCmd::Create { name, template, replicas, image_policy, image, file, wait, c } => {
+            PoolCmd::Create { name, template, replicas, image_policy, image, quota_url, file, wait, c } => {
                 let client = Client::new(&c)?;
                 let mut body = match file {
                     Some(f) => super::read_doc(&f)?,
@@ -122,6 +125,9 @@ impl PoolCmd {
                 }
                 if let Some(i) = image {
                     body["overrides"] = json!({"image": i});
+                }
+                if let Some(u) = quota_url {
+                    body["reservation"] = json!({"quotaURL": u});
                 }
                 let mut v: Value = client.post("/v1/sandboxpools", &body).await?;
                 if wait {

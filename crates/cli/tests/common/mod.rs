@@ -44,12 +44,25 @@ pub struct Opts {
     pub net: u8,
     /// `Some(n)`: the default pool with `n` slots; `None`: `--no-default-pool`.
     pub default_pool: Option<u32>,
+    /// `--admin-key` (dev mode when `None`); the harness's own requests and `cli()` send it.
+    pub admin_key: Option<String>,
+    /// More `agentbox serve` arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl Opts {
     pub fn new(net: u8) -> Opts {
         assert!((1..=54).contains(&net), "net must be 1..=54");
-        Opts { net, default_pool: None }
+        Opts { net, default_pool: None, admin_key: None, extra_args: vec![] }
+    }
+    /// Run with `--admin-key KEY` (the harness authenticates as the admin).
+    pub fn admin_key(mut self, key: &str) -> Opts {
+        self.admin_key = Some(key.into());
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Opts {
+        self.extra_args.push(a.into());
+        self
     }
     pub fn default_pool(mut self, n: u32) -> Opts {
         self.default_pool = Some(n);
@@ -124,7 +137,12 @@ impl Server {
     /// Start `agentbox serve` in a fresh data dir and wait for its `listening` line.
     pub fn start(opts: Opts) -> Server {
         let data = tempfile::Builder::new().prefix(&format!("agbx-e2e{:02}-", opts.net)).tempdir().expect("tempdir");
-        let http = Client::builder().timeout(Duration::from_secs(180)).build().expect("http client");
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(k) = &opts.admin_key {
+            headers.insert("AGENTBOX-API-KEY", k.parse().expect("admin key is a valid header value"));
+        }
+        let http =
+            Client::builder().timeout(Duration::from_secs(180)).default_headers(headers).build().expect("http client");
         let mut s = Server { opts, data: Some(data), child: None, url: String::new(), logs: Arc::default(), http };
         s.spawn();
         s
@@ -147,6 +165,10 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(k) = &self.opts.admin_key {
+            cmd.args(["--admin-key", k]);
+        }
+        cmd.args(&self.opts.extra_args);
         match self.opts.default_pool {
             Some(n) => {
                 cmd.args(["--default-pool-size", &n.to_string()]);
@@ -388,13 +410,29 @@ impl Server {
 
     /// Run the CLI client against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .env("AGENTBOX_ENDPOINT", &self.url)
-            .env_remove("AGENTBOX_API_KEY")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running the agentbox CLI")
+        self.cli_as(self.opts.admin_key.as_deref(), args)
+    }
+
+    /// Run the CLI client with `AGENTBOX_API_KEY` = `key` (none: no key).
+    pub fn cli_as(&self, key: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env("AGENTBOX_ENDPOINT", &self.url).env_remove("AGENTBOX_API_KEY").stdin(Stdio::null());
+        if let Some(k) = key {
+            cmd.env("AGENTBOX_API_KEY", k);
+        }
+        cmd.output().expect("running the agentbox CLI")
+    }
+
+    /// A request with `key` in AGENTBOX-API-KEY instead of the admin key.
+    pub fn call_as(&self, key: &str, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        let mut rb = self
+            .http
+            .request(method.parse().expect("method"), format!("{}{path}", self.url))
+            .header("AGENTBOX-API-KEY", key);
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        self.send(rb)
     }
 
     // ---------------------------------------------------------------- cleanup

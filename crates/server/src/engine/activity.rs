@@ -69,7 +69,8 @@ impl Engine {
         }
         let updated = {
             let _t = self.transitions.lock();
-            let mut cur = self.store.get_sandbox(id)?.ok_or_else(|| AppError::not_found(format!("sandbox {id} not found")))?;
+            let mut cur =
+                self.store.get_sandbox(id)?.ok_or_else(|| AppError::not_found(format!("sandbox {id} not found")))?;
             if !matches!(cur.status, SandboxStatus::Starting | SandboxStatus::Running) {
                 return Err(not_live(cur.status));
             }
@@ -110,9 +111,9 @@ impl Engine {
         }
         for (id, secs) in expired {
             // Re-check: activity or a new timeout may have arrived since the list was read.
-            let still_idle =
-                self.last_active(&id).is_none_or(|t| t.elapsed() >= Duration::from_secs(secs));
-            let same_timeout = matches!(self.store.get_sandbox(&id), Ok(Some(s)) if s.idle_timeout_seconds == Some(secs));
+            let still_idle = self.last_active(&id).is_none_or(|t| t.elapsed() >= Duration::from_secs(secs));
+            let same_timeout =
+                matches!(self.store.get_sandbox(&id), Ok(Some(s)) if s.idle_timeout_seconds == Some(secs));
             if !(still_idle && same_timeout) {
                 continue;
             }

@@ -95,7 +95,10 @@ pub enum FollowItem {
     Entry(LogEntry),
     /// The stream ends (the sandbox ended or was not live); written as
     /// `{"_meta":true,"source":…,"truncated":…}`.
-    End { source: LogSource, truncated: bool },
+    End {
+        source: LogSource,
+        truncated: bool,
+    },
 }
 
 /// The final line of a log stream.
@@ -112,7 +115,9 @@ impl FollowItem {
     /// One NDJSON line (with its newline).
     pub fn to_ndjson(&self) -> String {
         let v = match self {
-            FollowItem::Entry(e) => serde_json::json!({"timestamp": e.timestamp, "container": e.container, "log": e.log}),
+            FollowItem::Entry(e) => {
+                serde_json::json!({"timestamp": e.timestamp, "container": e.container, "log": e.log})
+            }
             FollowItem::End { source, truncated } => {
                 serde_json::to_value(LogStreamMeta { meta: true, source: *source, truncated: *truncated })
                     .unwrap_or_default()
@@ -403,8 +408,9 @@ impl Engine {
             .collect())
     }
 
-    /// The last `lines` (0 = all) lines of a runtime's logDir, the sizes they were read up to,
-    /// and whether the capture limit cut them.
+    /// The last `lines` (0 = all) lines of a runtime's logDir (of each file, in name order, then
+    /// of them all), the sizes they were read up to, and whether `lines` or the capture limit cut
+    /// anything.
     async fn runtime_snapshot(
         &self,
         pod: &str,
@@ -416,15 +422,21 @@ impl Engine {
         let mut entries = Vec::new();
         let mut truncated = false;
         let mut sizes = BTreeMap::new();
+        // One more than asked: tells whether `lines` cut anything.
+        let ask = if lines == 0 { 0 } else { lines + 1 };
         for (path, size) in files {
-            let out = self.sh_exec(pod, sh(HEAD_SCRIPT, &[path.clone(), size.to_string(), lines.to_string()])).await?;
+            let out = self.sh_exec(pod, sh(HEAD_SCRIPT, &[path.clone(), size.to_string(), ask.to_string()])).await?;
             truncated |= out.truncated;
-            entries.extend(
-                split_log_lines(&out.stdout)
-                    .into_iter()
-                    .map(|log| LogEntry { timestamp: None, container: name.to_string(), log }),
-            );
+            entries.extend(split_log_lines(&out.stdout).into_iter().map(|log| LogEntry {
+                timestamp: None,
+                container: name.to_string(),
+                log,
+            }));
             sizes.insert(path, size);
+        }
+        if lines > 0 && entries.len() > lines {
+            entries.drain(..entries.len() - lines);
+            truncated = true;
         }
         Ok((entries, sizes, truncated))
     }
@@ -546,9 +558,11 @@ impl RuntimeFollower {
             if !rest.is_empty() {
                 self.partial.insert(path.clone(), rest);
             }
-            out.extend(
-                split_log_lines(&data).into_iter().map(|log| LogEntry { timestamp: None, container: name.into(), log }),
-            );
+            out.extend(split_log_lines(&data).into_iter().map(|log| LogEntry {
+                timestamp: None,
+                container: name.into(),
+                log,
+            }));
         }
         out
     }

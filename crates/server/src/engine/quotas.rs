@@ -395,13 +395,17 @@ fn canonical_resources(r: &QuotaResourcesInput) -> Result<QuotaResources, AppErr
     let cpu = r
         .cpu
         .as_deref()
-        .map(|c| parse_cpu_millis(c).map(format_cpu_millis).map_err(|e| AppError::bad_request(format!("resources.cpu: {e}"))))
+        .map(|c| {
+            parse_cpu_millis(c).map(format_cpu_millis).map_err(|e| AppError::bad_request(format!("resources.cpu: {e}")))
+        })
         .transpose()?;
     let memory = r
         .memory
         .as_deref()
         .map(|m| {
-            parse_memory_bytes(m).map(format_memory_bytes).map_err(|e| AppError::bad_request(format!("resources.memory: {e}")))
+            parse_memory_bytes(m)
+                .map(format_memory_bytes)
+                .map_err(|e| AppError::bad_request(format!("resources.memory: {e}")))
         })
         .transpose()?;
     Ok(QuotaResources { cpu, memory, sandboxes: r.sandboxes })
@@ -625,7 +629,12 @@ impl Engine {
             .collect())
     }
 
-    fn available_quota_urls(&self, auth: &AuthInfo, quotas: &[QuotaRecord], pools: &[ChargedPool]) -> AvailableQuotaURLsDetail {
+    fn available_quota_urls(
+        &self,
+        auth: &AuthInfo,
+        quotas: &[QuotaRecord],
+        pools: &[ChargedPool],
+    ) -> AvailableQuotaURLsDetail {
         let list: Vec<AvailableQuotaURLSummary> = quotas
             .iter()
             .filter(|q| auth.is_admin() || q.usable_by(&auth.team, &auth.user))
@@ -678,7 +687,9 @@ impl Engine {
         let quotas = self.store.list_quotas()?;
         let pools = self.charged_pools()?;
         if old.is_none() {
-            let refuse = |msg: String| Err(AppError::bad_request(msg).with_detail(&self.available_quota_urls(auth, &quotas, &pools)));
+            let refuse = |msg: String| {
+                Err(AppError::bad_request(msg).with_detail(&self.available_quota_urls(auth, &quotas, &pools)))
+            };
             if url.is_empty() {
                 return refuse(
                     "the pool asks for a reservation but names no quota: set spec.reservation.quotaURL (or use an API key with a default quota URL)".into(),
@@ -730,9 +741,7 @@ impl Engine {
                     .with_detail(&detail));
             }
         }
-        drop(guard);
-        let m: &'static parking_lot::Mutex<()> = Box::leak(Box::new(parking_lot::Mutex::new(())));
-        Ok(Some(m.lock()))
+        Ok(Some(guard))
     }
 }
 
@@ -780,7 +789,8 @@ mod tests {
 
     #[test]
     fn slot_request_sums_requests_and_falls_back_to_limits() {
-        let a = slot_request(&spec(&[(Some("500m"), Some("1Gi"), Some("2")), (None, Some("512Mi"), Some("1"))])).unwrap();
+        let a =
+            slot_request(&spec(&[(Some("500m"), Some("1Gi"), Some("2")), (None, Some("512Mi"), Some("1"))])).unwrap();
         // Container 0 counts its request (not its limit), container 1 its cpu limit.
         assert_eq!(a, Amounts { cpu_millis: 1500, memory_bytes: (1 << 30) + (512 << 20), sandboxes: 1 });
         assert_eq!(slot_request(&spec(&[(None, None, None)])).unwrap(), Amounts { sandboxes: 1, ..Default::default() });
@@ -793,7 +803,10 @@ mod tests {
         let base = spec(&[(Some("250m"), Some("256Mi"), None)]);
         let o = agentbox_core::model::PoolOverrides { resource_multiplier: Some(4), ..Default::default() };
         let effective = super::super::pools::apply_overrides(&base, &o).unwrap();
-        assert_eq!(slot_request(&effective).unwrap(), Amounts { cpu_millis: 1000, memory_bytes: 1 << 30, sandboxes: 1 });
+        assert_eq!(
+            slot_request(&effective).unwrap(),
+            Amounts { cpu_millis: 1000, memory_bytes: 1 << 30, sandboxes: 1 }
+        );
     }
 
     #[test]
@@ -831,7 +844,8 @@ mod tests {
 
     #[test]
     fn free_floors_at_zero_and_only_covers_limited_resources() {
-        let limits = Limits::parse(&QuotaResources { cpu: Some("1".into()), memory: None, sandboxes: Some(3) }).unwrap();
+        let limits =
+            Limits::parse(&QuotaResources { cpu: Some("1".into()), memory: None, sandboxes: Some(3) }).unwrap();
         let free = limits.free(SLOT.times(4));
         assert_eq!(free, Limits { cpu_millis: Some(0), memory_bytes: None, sandboxes: Some(0) });
         assert_eq!(free.summary(), "cpu=0,sandboxes=0");
@@ -933,8 +947,12 @@ mod tests {
         assert_eq!((r.cpu.as_deref(), r.memory.as_deref()), (Some("2"), Some("8Gi")));
         let r = canonical_resources(&QuotaResourcesInput { memory: Some("1G".into()), ..Default::default() }).unwrap();
         assert_eq!(r.memory.as_deref(), Some("1000000000"));
-        let e = canonical_resources(&QuotaResourcesInput { memory: Some("8GB".into()), ..Default::default() }).unwrap_err();
+        let e =
+            canonical_resources(&QuotaResourcesInput { memory: Some("8GB".into()), ..Default::default() }).unwrap_err();
         assert!(e.message.starts_with("resources.memory"), "{}", e.message);
-        assert_eq!(Amounts::default().to_wire(), QuotaResources { cpu: Some("0".into()), memory: Some("0".into()), sandboxes: Some(0) });
+        assert_eq!(
+            Amounts::default().to_wire(),
+            QuotaResources { cpu: Some("0".into()), memory: Some("0".into()), sandboxes: Some(0) }
+        );
     }
 }

@@ -86,9 +86,9 @@ fn parse_timeout_body(v: &Value) -> Result<Option<Duration>, AppError> {
     }
     let d = match obj.get("timeout") {
         None => return Err(bad("timeout is required")),
-        Some(Value::Number(n)) => {
-            Duration::from_secs(n.as_u64().ok_or_else(|| bad(&format!("timeout {n} is not a whole number of seconds")))?)
-        }
+        Some(Value::Number(n)) => Duration::from_secs(
+            n.as_u64().ok_or_else(|| bad(&format!("timeout {n} is not a whole number of seconds")))?,
+        ),
         Some(Value::String(s)) => parse_duration(s).map_err(|_| bad(&format!("timeout {s:?} is not a duration")))?,
         Some(other) => return Err(bad(&format!("timeout {other} has the wrong type"))),
     };
@@ -140,9 +140,15 @@ mod tests {
         assert_eq!(parse_timeout_body(&json!({"timeout": 1800})).unwrap(), Some(Duration::from_secs(1800)));
         assert_eq!(parse_timeout_body(&json!({"timeout": "0"})).unwrap(), None);
         assert_eq!(parse_timeout_body(&json!({"timeout": 0})).unwrap(), None);
-        for bad in [json!({}), json!({"timeout": "soon"}), json!({"timeout": -5}), json!({"timeout": 1.5}),
-            json!({"timeout": true}), json!([1]), json!({"timeout": "1m", "x": 1})]
-        {
+        for bad in [
+            json!({}),
+            json!({"timeout": "soon"}),
+            json!({"timeout": -5}),
+            json!({"timeout": 1.5}),
+            json!({"timeout": true}),
+            json!([1]),
+            json!({"timeout": "1m", "x": 1}),
+        ] {
             let e = parse_timeout_body(&bad).unwrap_err();
             assert!(e.message.contains("\"30m\"") && e.message.contains("\"0\""), "{bad}: {}", e.message);
         }
