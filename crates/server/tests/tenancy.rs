@@ -336,12 +336,12 @@ async fn two_tenant_matrix() {
     let ids = |v: &Value| -> Vec<String> {
         v["items"].as_array().unwrap().iter().map(|p| p["sandboxId"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(ids(&s.ok(&a, "GET", "/v1/sandboxes", None, 200).await), [ida.clone()]);
-    assert_eq!(ids(&s.ok(&b, "GET", "/v1/sandboxes", None, 200).await), [idb.clone()]);
+    assert_eq!(ids(&s.ok(&a, "GET", "/v1/sandboxes", None, 200).await), std::slice::from_ref(&ida));
+    assert_eq!(ids(&s.ok(&b, "GET", "/v1/sandboxes", None, 200).await), std::slice::from_ref(&idb));
     assert_eq!(s.ok(&admin, "GET", "/v1/sandboxes", None, 200).await["total"], 2);
     assert_eq!(s.ok(&admin, "GET", "/v1/sandboxes?team=red&user=alice", None, 200).await["total"], 1);
     // Tenants cannot widen their scope with team/user filters.
-    assert_eq!(ids(&s.ok(&a, "GET", "/v1/sandboxes?team=blue&user=bob", None, 200).await), [ida.clone()]);
+    assert_eq!(ids(&s.ok(&a, "GET", "/v1/sandboxes?team=blue&user=bob", None, 200).await), std::slice::from_ref(&ida));
     for (m, p, body) in [
         ("GET", format!("/v1/sandboxes/{idb}"), None),
         ("POST", format!("/v1/sandboxes/{idb}/exec"), Some(json!({"command": "true"}))),

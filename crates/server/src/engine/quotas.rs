@@ -5,7 +5,8 @@
 //! * A quota has a **hierarchical, dot-separated URL** (`org.team.user`, each segment a DNS label)
 //!   and optional limits `cpu`, `memory` and `sandboxes`; a missing limit means "not limited".
 //!   Quota URLs are unique: two quotas never share a URL.
-//! * A pool asks to be charged with `spec.reservation.quotaURL` (or the deprecated `quotaUrl`). A
+//! * A pool asks to be charged with `reservation: {quotaURL}` in its create request (stored as
+//!   `spec.reservation`), or the deprecated top-level `quotaURL`/`quotaUrl`. A
 //!   reservation without a URL uses the caller's default quota URL (from its API key); the server
 //!   stores the URL it resolved, so the charge never depends on who later edits the pool.
 //! * A pool charged to `org.team.user` counts against **every existing quota whose URL is that URL or
@@ -337,7 +338,7 @@ pub struct QuotaView {
     pub resource_version: u64,
 }
 
-/// One quota the caller may name in `spec.reservation.quotaURL`.
+/// One quota the caller may name in a pool's `reservation.quotaURL`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AvailableQuotaURLSummary {
     pub url: String,
@@ -650,7 +651,7 @@ impl Engine {
         let hint = if list.is_empty() {
             "no quota is available to this team/user: ask an admin to create one (POST /v1/admin/quotas), or create the pool without a reservation"
         } else {
-            "set spec.reservation.quotaURL to one of availableQuotaURLs"
+            "set reservation.quotaURL in the pool request to one of availableQuotaURLs"
         };
         AvailableQuotaURLsDetail { available_quota_urls: list, hint: Some(hint.into()) }
     }
@@ -692,7 +693,7 @@ impl Engine {
             };
             if url.is_empty() {
                 return refuse(
-                    "the pool asks for a reservation but names no quota: set spec.reservation.quotaURL (or use an API key with a default quota URL)".into(),
+                    "the pool asks for a reservation but names no quota: set reservation.quotaURL (or use an API key with a default quota URL)".into(),
                 );
             }
             if validate_quota_url("reservation.quotaURL", &url).is_err() {

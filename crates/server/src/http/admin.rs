@@ -97,7 +97,10 @@ pub struct ClusterList {
     pub clusters: Vec<ClusterSummary>,
 }
 
-fn count_by_status(st: &AppState, filter: &SandboxFilter) -> Result<(u64, BTreeMap<String, BTreeMap<String, u64>>), AppError> {
+/// Namespace → status → count.
+type CountsByNamespace = BTreeMap<String, BTreeMap<String, u64>>;
+
+fn count_by_status(st: &AppState, filter: &SandboxFilter) -> Result<(u64, CountsByNamespace), AppError> {
     let (items, total) = st.engine.store().list_sandboxes(filter)?;
     let mut by_ns: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for s in &items {

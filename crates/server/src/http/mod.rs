@@ -127,12 +127,64 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI document, generated from the handlers.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    flatten_all_of(api_router().split_for_parts().1)
+}
+
+/// `#[serde(flatten)]` comes out of utoipa as `allOf: [{$ref: Inner}, {own fields}]`. When `Inner`
+/// forbids additional properties, that `allOf` cannot be satisfied (each part rejects the other's
+/// fields), and validators and fuzzers reject the schema. Merge such `allOf`s into one object schema
+/// with the union of properties and required fields.
+fn flatten_all_of(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use serde_json::{Map, Value};
+    let Ok(mut doc) = serde_json::to_value(&api) else { return api };
+    let schemas = doc.pointer("/components/schemas").and_then(Value::as_object).cloned().unwrap_or_default();
+    let resolve = |v: &Value| -> Option<Value> {
+        let r = v.get("$ref")?.as_str()?.strip_prefix("#/components/schemas/")?;
+        schemas.get(r).cloned()
+    };
+    let Some(out) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return api };
+    for schema in out.values_mut() {
+        let Some(parts) = schema.get("allOf").and_then(Value::as_array).cloned() else { continue };
+        let parts: Vec<Value> = parts.iter().map(|p| resolve(p).unwrap_or_else(|| p.clone())).collect();
+        if !parts.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("object") && p.get("allOf").is_none())
+        {
+            continue;
+        }
+        let mut props = Map::new();
+        let mut required: Vec<Value> = vec![];
+        let mut closed = false;
+        for p in &parts {
+            if let Some(m) = p.get("properties").and_then(Value::as_object) {
+                props.extend(m.clone());
+            }
+            for r in p.get("required").and_then(Value::as_array).into_iter().flatten() {
+                if !required.contains(r) {
+                    required.push(r.clone());
+                }
+            }
+            closed |= p.get("additionalProperties") == Some(&Value::Bool(false));
+        }
+        let mut merged = Map::new();
+        merged.insert("type".into(), "object".into());
+        if let Some(d) = schema.get("description") {
+            merged.insert("description".into(), d.clone());
+        }
+        if !required.is_empty() {
+            merged.insert("required".into(), Value::Array(required));
+        }
+        merged.insert("properties".into(), Value::Object(props));
+        if closed {
+            merged.insert("additionalProperties".into(), Value::Bool(false));
+        }
+        *schema = Value::Object(merged);
+    }
+    serde_json::from_value(doc).unwrap_or(api)
 }
 
 /// The native API router.
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, api) = api_router().split_for_parts();
+    let api = flatten_all_of(api);
     let api = Arc::new(api);
     router
         .route("/openapi.json", get(move || async move { Json((*api).clone()) }))

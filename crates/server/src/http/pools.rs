@@ -100,7 +100,8 @@ pub struct DeletePoolResult {
     responses((status = 201, body = PoolEnvelope),
         (status = 400, body = ErrorBody, description = "invalid; a missing template carries detail.availableTemplates"),
         (status = 409, body = ErrorBody, description = "name taken"),
-        (status = 422, body = ErrorBody, description = "API_KEY_REQUIRED: the user owns no api key yet")))]
+        (status = 422, body = ErrorBody, description = "API_KEY_REQUIRED: the user owns no api key yet"),
+        (status = 429, body = ErrorBody, description = "QUOTA_EXCEEDED: the reservation does not fit the quota's free resources")))]
 pub async fn create_pool(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
@@ -134,7 +135,8 @@ pub async fn get_pool(
 /// Change size, policies or the image override.
 #[utoipa::path(put, path = "/v1/sandboxpools/{name}", tag = "pools", params(("name" = String, Path)),
     request_body = UpdatePoolRequest,
-    responses((status = 200, body = PoolEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PoolEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "QUOTA_EXCEEDED on scale-out")))]
 pub async fn update_pool(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,

@@ -101,7 +101,7 @@ pub async fn delete_quota(
     Ok(Json(DeleteQuotaResult { name: q.name, status: "Deleted".into() }))
 }
 
-/// The quotas the caller may charge pools to (`spec.reservation.quotaURL`). The admin must
+/// The quotas the caller may charge pools to (a pool's `reservation.quotaURL`). The admin must
 /// impersonate a team and user (`X-Impersonate-Team`, `X-Impersonate-User`).
 #[utoipa::path(get, path = "/v1/quotas", tag = "quotas",
     responses((status = 200, body = QuotaList),
