@@ -3,9 +3,10 @@
 #   build:   libseccomp-dev (libcontainer links -lseccomp), pkg-config, gcc (the `pause` image is a static C binary)
 #   runtime: runc (second OCI runtime), iproute2 + iptables (slot networking, NAT egress)
 #   tests:   busybox-static (test images), docker-registry (local OCI registry for the pull test),
-#            skopeo + umoci (image tooling used by tests), jq
+#            skopeo + umoci (image tooling used by tests), jq,
+#            python3-venv (a virtualenv with schemathesis, the API fuzzer of scripts/schemathesis.sh)
 set -euo pipefail
-pkgs=(libseccomp-dev pkg-config gcc libc6-dev runc iproute2 iptables busybox-static docker-registry skopeo umoci jq procps curl)
+pkgs=(libseccomp-dev pkg-config gcc libc6-dev runc iproute2 iptables busybox-static docker-registry skopeo umoci jq procps curl python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,5 +20,12 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest >/dev/null
+fi
+# Python tools of the test suite, pinned, in their own virtualenv (Debian's pip refuses system installs).
+venv="${AGENTBOX_TEST_VENV:-/opt/agentbox-test-venv}"
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  echo "installing schemathesis into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
 fi
 echo "dependencies ok"

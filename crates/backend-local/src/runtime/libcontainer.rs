@@ -164,7 +164,13 @@ impl OciRuntime for Libcontainer {
         let fds = ChildFds { stdin: dup()?, stdout: dup()?, stderr: dup()? };
         let waiter = h.exec_with(&self.root, id, p, fds, true)?;
         drop(pair.slave);
-        let pid = super::wait_tenant_pid(&waiter, std::time::Duration::from_secs(10));
-        Ok(TtyExec { waiter, master: pair.master, pid })
+        let Some(pid) = super::wait_tenant_pid(&waiter, std::time::Duration::from_secs(10)) else {
+            // The helper ended (or hangs) without starting the process: report why.
+            return match waiter.wait(std::time::Duration::from_secs(2)) {
+                Err(e) => Err(e),
+                Ok(_) => Err(err("the terminal process did not start")),
+            };
+        };
+        Ok(TtyExec { waiter, master: pair.master, pid: Some(pid) })
     }
 }

@@ -200,7 +200,9 @@ impl OciRuntime for Runc {
                 return Err(e);
             }
         };
-        super::tty::set_size(std::os::fd::AsRawFd::as_raw_fd(&master), cols, rows)?;
+        if let Err(e) = super::tty::set_size(std::os::fd::AsRawFd::as_raw_fd(&master), cols, rows) {
+            tracing::warn!(id, error = %e, "cannot size the terminal; it keeps runc's default size");
+        }
         Ok(TtyExec { waiter: ExecWaiter::Child(pid), master, pid: Some(pid) })
     }
 }

@@ -126,7 +126,7 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
 }
 
 /// The OpenAPI document, generated from the handlers.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+pub fn openapi() -> serde_json::Value {
     flatten_all_of(api_router().split_for_parts().1)
 }
 
@@ -134,15 +134,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// forbids additional properties, that `allOf` cannot be satisfied (each part rejects the other's
 /// fields), and validators and fuzzers reject the schema. Merge such `allOf`s into one object schema
 /// with the union of properties and required fields.
-fn flatten_all_of(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+fn flatten_all_of(api: utoipa::openapi::OpenApi) -> serde_json::Value {
     use serde_json::{Map, Value};
-    let Ok(mut doc) = serde_json::to_value(&api) else { return api };
+    let mut doc = serde_json::to_value(&api).expect("the OpenAPI document serializes to JSON");
     let schemas = doc.pointer("/components/schemas").and_then(Value::as_object).cloned().unwrap_or_default();
     let resolve = |v: &Value| -> Option<Value> {
         let r = v.get("$ref")?.as_str()?.strip_prefix("#/components/schemas/")?;
         schemas.get(r).cloned()
     };
-    let Some(out) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return api };
+    let Some(out) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return doc };
     for schema in out.values_mut() {
         let Some(parts) = schema.get("allOf").and_then(Value::as_array).cloned() else { continue };
         let parts: Vec<Value> = parts.iter().map(|p| resolve(p).unwrap_or_else(|| p.clone())).collect();
@@ -178,14 +178,13 @@ fn flatten_all_of(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         }
         *schema = Value::Object(merged);
     }
-    serde_json::from_value(doc).unwrap_or(api)
+    doc
 }
 
 /// The native API router.
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, api) = api_router().split_for_parts();
-    let api = flatten_all_of(api);
-    let api = Arc::new(api);
+    let api = Arc::new(flatten_all_of(api));
     router
         .route("/openapi.json", get(move || async move { Json((*api).clone()) }))
         .fallback(|| async {
