@@ -3,6 +3,9 @@
 # (real containers, admin key configured), once as the admin and once as a tenant. Fails on any 5xx,
 # any status code or content type the document does not declare, and any response body that does not
 # match its schema. Needs root and the virtualenv made by scripts/install-deps.sh.
+# Not fuzzed here (each has its own tests): the image upload (a tar body schemathesis cannot
+# generate), the WebSocket terminal, and key deletion (schemathesis finds key ids in list responses
+# and would delete the very keys the run authenticates with).
 #   SCHEMATHESIS_SEED (default fixed, for reproducible CI), SCHEMATHESIS_EXAMPLES (per operation, default 25)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,11 +51,12 @@ run() {
     --request-timeout 30 --no-color --output-truncate true \
     --exclude-path /v1/admin/images \
     --exclude-path /v1/sandboxes/{id}/terminal \
+    --exclude-path-regex '/api-keys/\{keyId\}$' \
     --suppress-health-check all --warnings off
 }
 status=0
-run admin "$admin" || status=1
 run tenant "$tenant" || status=1
+run admin "$admin" || status=1
 if ! kill -0 "$pid" 2>/dev/null; then
   echo "the server died during the run" >&2
   tail -50 "$data/serve.err" >&2

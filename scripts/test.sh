@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, in-process API, store, image (incl. a real pull from a local registry),
-# backend conformance (libcontainer and runc, real containers) and end-to-end tests of the real binary.
+# backend conformance (libcontainer and runc, real containers), end-to-end tests of the real binary,
+# and schemathesis fuzzing of the live API against its OpenAPI document.
 # Needs root (containers). Usage: sudo scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +14,8 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo nextest run --workspace --locked --no-fail-fast --test-threads 4 "$@"
+status=0
+cargo nextest run --workspace --locked --no-fail-fast --test-threads 4 "$@" || status=$?
+echo "== API fuzzing (schemathesis against a live server, admin and tenant)"
+scripts/schemathesis.sh || status=$?
+exit $status

@@ -795,7 +795,12 @@ impl Backend for LocalBackend {
 
     /// Polls the log files every 100 ms (see [`logs::Follower`]); the task ends when the receiver
     /// is dropped, the slot is destroyed or the backend goes away.
-    async fn follow_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<LogFollow, BackendError> {
+    async fn follow_logs(
+        &self,
+        slot_id: &str,
+        container: Option<&str>,
+        lines: usize,
+    ) -> Result<LogFollow, BackendError> {
         let files = self.log_files(slot_id, container).await?;
         let rotator = self.inner.rotator.clone();
         let (initial, mut followers) = blocking(move || {
@@ -832,7 +837,9 @@ impl Backend for LocalBackend {
                     // for the async thread.
                     followers
                         .iter_mut()
-                        .flat_map(|(name, f)| f.poll(&inner.rotator).into_iter().map(|e| log_line(name, e)).collect::<Vec<_>>())
+                        .flat_map(|(name, f)| {
+                            f.poll(&inner.rotator).into_iter().map(|e| log_line(name, e)).collect::<Vec<_>>()
+                        })
                         .collect()
                 };
                 for l in batch {

@@ -64,7 +64,7 @@ pub fn format_micros(us: i64) -> Option<String> {
 /// Checkpoints within this window are merged into one (bounds the count for chatty containers).
 const MERGE_US: i64 = 20_000;
 /// Checkpoints kept per file; beyond, the older half is thinned.
-const MAX_POINTS: usize = 1024;
+const MAX_POINTS: usize = 256;
 
 /// When the bytes of one log file were first seen: `(end offset, unix micros)` checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -215,7 +215,12 @@ impl Backend for FakeBackend {
     async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
         self.stored_logs(slot_id, container, lines)
     }
-    async fn follow_logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<LogFollow, BackendError> {
+    async fn follow_logs(
+        &self,
+        slot_id: &str,
+        container: Option<&str>,
+        lines: usize,
+    ) -> Result<LogFollow, BackendError> {
         let initial = self.stored_logs(slot_id, container, lines)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         for l in initial {

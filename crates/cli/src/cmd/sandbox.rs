@@ -205,8 +205,9 @@ impl SandboxCmd {
                     Ok(n) => json!(n),
                     Err(_) => json!(duration),
                 };
-                let v: Value =
-                    Client::new(&c)?.put(&format!("/v1/sandboxes/{id}/timeout"), &json!({ "timeout": timeout })).await?;
+                let v: Value = Client::new(&c)?
+                    .put(&format!("/v1/sandboxes/{id}/timeout"), &json!({ "timeout": timeout }))
+                    .await?;
                 if c.output == Format::Json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {

@@ -1,7 +1,8 @@
 //! Activity and idle timeouts (SPEC §5 "Timeouts").
 //!
 //! *Activity* is any exec, log read, open log stream (every 500 ms while the client stays
-//! connected), terminal or data-plane traffic for a sandbox; callers report it with
+//! connected), `PUT …/timeout`, terminal or data-plane traffic for a sandbox (reads such as GET
+//! and `is_ready` are not activity); callers report it with
 //! [`Engine::touch`], which writes one in-memory map entry and never the store. A sweep (every
 //! `EngineConfig::idle_sweep_interval`) releases a Running sandbox whose idle timeout has passed
 //! since its last activity, with status `Released` and reason `IdleTimeout`.

@@ -453,7 +453,7 @@ impl Engine {
             }
             return Ok(ReadinessResult { sandbox_id: sb.sandbox_id, ready: false, endpoints });
         }
-        self.touch(id);
+        // Not activity: a readiness poller must not keep an abandoned sandbox alive.
         let probes = runtimes.iter().map(|r| self.probe(&sb, r.readiness_probe.as_ref()));
         let results = futures::future::join_all(probes).await;
         for (r, res) in runtimes.iter().zip(results) {

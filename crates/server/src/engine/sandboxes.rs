@@ -435,8 +435,7 @@ impl Engine {
             && let Some(last) = self.last_active(&sb.sandbox_id)
             && let Ok(ago) = chrono::Duration::from_std(last.elapsed())
         {
-            sb.last_active_at =
-                Some((chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            sb.last_active_at = Some((chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         }
         if let (Some(base), false) = (&self.cfg.proxy_base_url, sb.status.is_terminal())
             && let Ok(Some(pool)) = self.store.get_pool(&sb.namespace, &sb.pool_name)

@@ -26,7 +26,8 @@ use crate::engine::{LogEntry, LogsQuery, ReadinessResult, SandboxLogs};
     responses((status = 200, body = SandboxLogs),
         (status = 400, body = ErrorBody, description = "lines out of range, or unknown source (the message lists the runtimes with a logDir)"),
         (status = 404, body = ErrorBody, description = "unknown sandbox, unknown container (the message lists the containers), ended sandbox (its logs were discarded with its slot), or a runtime logDir that does not exist yet"),
-        (status = 409, body = ErrorBody, description = "runtime source of a sandbox that is not Running")))]
+        (status = 409, body = ErrorBody, description = "runtime source of a sandbox that is not Running"),
+        (status = 503, body = ErrorBody, description = "reading a runtime logDir inside the sandbox failed (the image lacks sh/wc/head/tail)")))]
 pub async fn logs(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
@@ -44,7 +45,9 @@ pub async fn logs(
     responses(
         (status = 200, content_type = "application/x-ndjson", body = LogEntry,
             description = "newline-delimited LogEntry objects, ended by one `{\"_meta\":true,\"source\":\"live\"|\"runtime\",\"truncated\":bool}` line"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 501, body = ErrorBody, description = "this backend cannot follow logs"),
+        (status = 503, body = ErrorBody, description = "reading a runtime logDir inside the sandbox failed")))]
 pub async fn logs_stream(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,

@@ -127,7 +127,47 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI document, generated from the handlers.
 pub fn openapi() -> serde_json::Value {
-    flatten_all_of(api_router().split_for_parts().1)
+    finish_document(api_router().split_for_parts().1)
+}
+
+/// The generated document, plus what utoipa cannot express per handler: merged `allOf`s (see
+/// [`flatten_all_of`]), the security schemes, and the responses every authenticated operation can
+/// give (401 bad credentials, 429 rate limit, 426 old client on writes, 403 for tenants on admin routes).
+fn finish_document(api: utoipa::openapi::OpenApi) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut doc = flatten_all_of(api);
+    doc["components"]["securitySchemes"] = json!({
+        "apiKey": {"type": "apiKey", "in": "header", "name": "AGENTBOX-API-KEY",
+            "description": "An API key (`agbx_<64 hex>`, or its alias `e2b_<same hex>`) or the admin key."},
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "An HS256 JWT (claims sub, name, email, role, team, user) when the server has --jwt-secret."}
+    });
+    doc["security"] = json!([{"apiKey": []}, {"bearer": []}]);
+    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for (method, op) in item.iter_mut() {
+                if !["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                    continue;
+                }
+                if !path.starts_with("/v1/") || path.ends_with("/terminal") {
+                    op["security"] = json!([]);
+                    continue;
+                }
+                let Some(resp) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+                resp.entry("401").or_insert_with(|| err("missing, invalid or expired credentials"));
+                resp.entry("429").or_insert_with(|| err("rate limit exceeded (see Retry-After)"));
+                if path.starts_with("/v1/admin/") {
+                    resp.entry("403").or_insert_with(|| err("admin access required"));
+                }
+                if method != "get" {
+                    resp.entry("426").or_insert_with(|| err("the client is older than --min-client-version"));
+                }
+            }
+        }
+    }
+    doc
 }
 
 /// `#[serde(flatten)]` comes out of utoipa as `allOf: [{$ref: Inner}, {own fields}]`. When `Inner`
@@ -184,7 +224,7 @@ fn flatten_all_of(api: utoipa::openapi::OpenApi) -> serde_json::Value {
 /// The native API router.
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, api) = api_router().split_for_parts();
-    let api = Arc::new(flatten_all_of(api));
+    let api = Arc::new(finish_document(api));
     router
         .route("/openapi.json", get(move || async move { Json((*api).clone()) }))
         .fallback(|| async {
