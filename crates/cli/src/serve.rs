@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use agentbox_core::model::{ContainerSpec, PodCreationImagePolicy, SandboxSpec, TemplateSpec};
 use agentbox_server::auth::AuthInfo;
-use agentbox_server::engine::{CreatePoolRequest, CreateTemplateRequest, Engine, EngineConfig};
 use agentbox_server::authn::{AuthConfig, RateLimit};
+use agentbox_server::engine::{CreatePoolRequest, CreateTemplateRequest, Engine, EngineConfig};
 use agentbox_server::http::{AppState, router};
 use agentbox_server::keys::ServerKey;
 use anyhow::{Context, Result, bail};

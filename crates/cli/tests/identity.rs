@@ -19,7 +19,8 @@ fn json_out(o: &std::process::Output) -> Value {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not json ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not json ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 /// Every file of the store (database, WAL, shared memory) as one byte string.
@@ -106,7 +107,10 @@ fn keys_tenants_and_token_secrecy_through_the_real_server() {
     let listed = srv.call_as(&k1, "GET", "/v1/api-keys", None).expect(200);
     let raws: Vec<&str> = listed["items"].as_array().unwrap().iter().filter_map(|k| k["rawToken"].as_str()).collect();
     assert!(raws.contains(&k1.as_str()) && raws.contains(&k2.as_str()), "{listed}");
-    assert_eq!(srv.call_as(&k2, "GET", &format!("/v1/sandboxes/{id}"), None).expect(200)["sandbox"]["status"], "Running");
+    assert_eq!(
+        srv.call_as(&k2, "GET", &format!("/v1/sandboxes/{id}"), None).expect(200)["sandbox"]["status"],
+        "Running"
+    );
 
     // Deleting a key revokes it at once.
     let kid = second["keyId"].as_str().unwrap();

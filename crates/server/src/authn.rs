@@ -314,11 +314,12 @@ impl Authenticator {
         v.required_spec_claims.clear();
         v.validate_aud = false;
         v.leeway = 5;
-        let data = jsonwebtoken::decode::<JwtClaims>(token, &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()), &v)
-            .map_err(|e| {
-                tracing::debug!(error = %e, "jwt rejected");
-                AppError::unauthorized("invalid or expired jwt token")
-            })?;
+        let data =
+            jsonwebtoken::decode::<JwtClaims>(token, &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()), &v)
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "jwt rejected");
+                    AppError::unauthorized("invalid or expired jwt token")
+                })?;
         let c = data.claims;
         let role = match c.role.as_str() {
             "admin" => Role::Admin,
@@ -375,7 +376,9 @@ impl Authenticator {
         }
         Err(AppError::new(
             ErrorKind::UpgradeRequired,
-            format!("client version {raw} is older than the minimum {min} this server accepts; upgrade the agentbox client"),
+            format!(
+                "client version {raw} is older than the minimum {min} this server accepts; upgrade the agentbox client"
+            ),
         )
         .with_detail(&serde_json::json!({"clientVersion": raw, "minClientVersion": min.to_string()})))
     }
@@ -507,7 +510,9 @@ impl Authenticator {
             }
             None => {
                 if input.hash_prefix.is_some() || input.issued_at.is_some() {
-                    return Err(AppError::bad_request("hashPrefix and issuedAt are only for import mode (with tokenHash)"));
+                    return Err(AppError::bad_request(
+                        "hashPrefix and issuedAt are only for import mode (with tokenHash)",
+                    ));
                 }
                 let t = generate_token();
                 let h = hash_token(&t);
@@ -532,11 +537,10 @@ impl Authenticator {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) if token.is_none() => {
                 // Import of a hash we already know: idempotent.
-                let mut existing = self
-                    .store
-                    .get_api_key(&rec.key_id)?
-                    .filter(|k| k.token_hash == rec.token_hash)
-                    .ok_or_else(|| AppError::conflict(format!("key id {} is taken by another token", rec.key_id)))?;
+                let mut existing =
+                    self.store.get_api_key(&rec.key_id)?.filter(|k| k.token_hash == rec.token_hash).ok_or_else(
+                        || AppError::conflict(format!("key id {} is taken by another token", rec.key_id)),
+                    )?;
                 if existing.sync_source != "global" {
                     existing.sync_source = "global".into();
                     self.store.put_api_key(&existing)?;

@@ -40,7 +40,11 @@ impl Srv {
         let engine = Engine::new(
             Arc::new(MemoryStore::new()),
             Arc::new(FakeBackend::new()),
-            EngineConfig { reconcile_interval: Duration::from_millis(20), cluster_id: "c1".into(), ..Default::default() },
+            EngineConfig {
+                reconcile_interval: Duration::from_millis(20),
+                cluster_id: "c1".into(),
+                ..Default::default()
+            },
         );
         engine.start().await.unwrap();
         let app = router(AppState::with_auth(engine, None, cfg));
@@ -66,10 +70,9 @@ impl Srv {
             Who::Admin => rb.header("AGENTBOX-API-KEY", ADMIN),
             Who::Key(k) => rb.header("AGENTBOX-API-KEY", k),
             Who::Bearer(t) => rb.bearer_auth(t),
-            Who::Impersonate(t, u) => rb
-                .header("AGENTBOX-API-KEY", ADMIN)
-                .header("X-Impersonate-Team", *t)
-                .header("X-Impersonate-User", *u),
+            Who::Impersonate(t, u) => {
+                rb.header("AGENTBOX-API-KEY", ADMIN).header("X-Impersonate-Team", *t).header("X-Impersonate-User", *u)
+            }
         };
         if let Some(b) = body {
             rb = rb.json(&b);
@@ -89,7 +92,8 @@ impl Srv {
     }
 
     async fn key_for(&self, team: &str, user: &str) -> String {
-        let v = self.ok(&Who::Admin, "POST", "/v1/admin/api-keys", Some(json!({"team": team, "user": user})), 201).await;
+        let v =
+            self.ok(&Who::Admin, "POST", "/v1/admin/api-keys", Some(json!({"team": team, "user": user})), 201).await;
         v["apiKey"].as_str().unwrap().to_string()
     }
 
@@ -326,7 +330,10 @@ async fn two_tenant_matrix() {
     let sb = s.ok(&b, "POST", "/v1/sandboxes", Some(json!({"poolName": "pb"})), 201).await;
     let ida = sa["sandbox"]["sandboxId"].as_str().unwrap().to_string();
     let idb = sb["sandbox"]["sandboxId"].as_str().unwrap().to_string();
-    assert_eq!((sa["sandbox"]["team"].as_str(), sa["sandbox"]["namespace"].as_str()), (Some("red"), Some("t-red-alice")));
+    assert_eq!(
+        (sa["sandbox"]["team"].as_str(), sa["sandbox"]["namespace"].as_str()),
+        (Some("red"), Some("t-red-alice"))
+    );
     // Claiming from the other tenant's pool: 404 with only the caller's pools listed.
     let r = s.call(&a, "POST", "/v1/sandboxes", Some(json!({"poolName": "pb"}))).await;
     assert_eq!(r.status, 404);

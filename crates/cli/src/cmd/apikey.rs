@@ -84,7 +84,9 @@ impl ApiKeyCmd {
                         if quota_url.is_some() {
                             bail!("--quota-url is for admin-created keys (with --team and --user)");
                         }
-                        client.post("/v1/api-keys", &json!({"description": description, "expiresAt": expires_at})).await?
+                        client
+                            .post("/v1/api-keys", &json!({"description": description, "expiresAt": expires_at}))
+                            .await?
                     }
                 };
                 let mut cols = vec![("API KEY", "/apiKey")];
@@ -97,7 +99,8 @@ impl ApiKeyCmd {
                 print(c.output, &v, v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]), COLS);
             }
             ApiKeyCmd::Delete { key_id, admin, c } => {
-                let path = if admin { format!("/v1/admin/api-keys/{key_id}") } else { format!("/v1/api-keys/{key_id}") };
+                let path =
+                    if admin { format!("/v1/admin/api-keys/{key_id}") } else { format!("/v1/api-keys/{key_id}") };
                 let v: Value = Client::new(&c)?.delete(&path).await?;
                 print(c.output, &v, std::slice::from_ref(&v), &[("KEY ID", "/keyId"), ("STATUS", "/status")]);
             }

@@ -28,7 +28,13 @@ pub async fn whoami(c: crate::client::ClientArgs) -> Result<std::process::ExitCo
         c.output,
         &v,
         std::slice::from_ref(&v),
-        &[("ROLE", "/role"), ("TEAM", "/team"), ("USER", "/user"), ("NAMESPACE", "/namespace"), ("AUTH", "/authMethod")],
+        &[
+            ("ROLE", "/role"),
+            ("TEAM", "/team"),
+            ("USER", "/user"),
+            ("NAMESPACE", "/namespace"),
+            ("AUTH", "/authMethod"),
+        ],
     );
     Ok(std::process::ExitCode::SUCCESS)
 }

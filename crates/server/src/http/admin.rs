@@ -128,7 +128,9 @@ pub async fn sandbox_statistics(
             *by_status.entry(k).or_default() += v;
         }
     }
-    Ok(Json(SandboxStatisticsEnvelope { statistics: SandboxStatistics { namespace: auth.namespace, total, by_status } }))
+    Ok(Json(SandboxStatisticsEnvelope {
+        statistics: SandboxStatistics { namespace: auth.namespace, total, by_status },
+    }))
 }
 
 /// Admin: sandboxes (live and history) of every namespace by status.
@@ -203,7 +205,10 @@ pub async fn admin_team_users(
 /// Admin: namespaces in use (by pools, sandboxes or keys), sorted; always includes `default`.
 #[utoipa::path(get, path = "/v1/admin/namespaces", tag = "admin",
     responses((status = 200, body = NameList), (status = 403, body = ErrorBody)))]
-pub async fn admin_namespaces(State(st): State<Arc<AppState>>, AdminAuth(admin): AdminAuth) -> ApiResult<Json<NameList>> {
+pub async fn admin_namespaces(
+    State(st): State<Arc<AppState>>,
+    AdminAuth(admin): AdminAuth,
+) -> ApiResult<Json<NameList>> {
     let mut set: BTreeSet<String> = BTreeSet::from(["default".to_string()]);
     set.extend(st.engine.list_pools(&admin)?.into_iter().map(|p| p.namespace));
     set.extend(st.auth.key_namespaces()?);

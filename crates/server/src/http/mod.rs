@@ -186,8 +186,7 @@ fn flatten_all_of(api: utoipa::openapi::OpenApi) -> serde_json::Value {
     for schema in out.values_mut() {
         let Some(parts) = schema.get("allOf").and_then(Value::as_array).cloned() else { continue };
         let parts: Vec<Value> = parts.iter().map(|p| resolve(p).unwrap_or_else(|| p.clone())).collect();
-        if !parts.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("object") && p.get("allOf").is_none())
-        {
+        if !parts.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("object") && p.get("allOf").is_none()) {
             continue;
         }
         let mut props = Map::new();

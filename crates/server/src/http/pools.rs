@@ -58,7 +58,8 @@ fn render_docs(st: &AppState, auth: &AuthInfo, pool: &PoolView) -> Result<Option
     if t.spec.docs.is_empty() {
         return Ok(None);
     }
-    let mut docs = t.spec.docs.replace("${AGBX_POOL_NAME}", &pool.name).replace("${AGBX_CLUSTER_ID}", st.engine.cluster_id());
+    let mut docs =
+        t.spec.docs.replace("${AGBX_POOL_NAME}", &pool.name).replace("${AGBX_CLUSTER_ID}", st.engine.cluster_id());
     if docs.contains("${AGBX_API_KEY}") {
         let key = if auth.is_bare_admin() {
             "YOUR_API_KEY".to_string()

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{AdminAuth, AppState};
 use super::error::{ApiJson, ApiPath, ApiResult, ErrorBody};
+use super::{AdminAuth, AppState};
 use crate::auth::AuthInfo;
 use crate::engine::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
 
@@ -31,7 +31,6 @@ pub struct DeleteTemplateResult {
     pub name: String,
     pub status: String,
 }
-
 
 /// Templates visible to the caller, sorted by name.
 #[utoipa::path(get, path = "/v1/sandbox-templates", tag = "templates", responses((status = 200, body = TemplateList)))]
