@@ -70,7 +70,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 fn log_line(container: &str, e: logs::Entry) -> LogLine {
-    LogLine { timestamp: e.timestamp, container: container.to_owned(), stream: "combined".into(), line: e.line }
+    LogLine {
+        timestamp: e.timestamp,
+        container: container.to_owned(),
+        stream: "combined".into(),
+        line: e.line,
+        older_dropped: false,
+    }
+}
+
+/// The lines of one container's tail; the first is marked when older output was discarded.
+fn tail_lines(container: &str, tail: &logs::Tail) -> Vec<LogLine> {
+    let mut out: Vec<LogLine> = tail.entries.iter().cloned().map(|e| log_line(container, e)).collect();
+    if tail.older_dropped
+        && let Some(first) = out.first_mut()
+    {
+        first.older_dropped = true;
+    }
+    out
 }
 
 fn find_in_path(bin: &str) -> Option<PathBuf> {
@@ -786,7 +803,7 @@ impl Backend for LocalBackend {
         Ok(blocking(move || {
             let mut out = Vec::new();
             for (name, path) in files {
-                out.extend(rotator.read(&path, lines).entries.into_iter().map(|e| log_line(&name, e)));
+                out.extend(tail_lines(&name, &rotator.read(&path, lines)));
             }
             Ok(out)
         })
@@ -808,7 +825,7 @@ impl Backend for LocalBackend {
             let mut followers = Vec::new();
             for (name, path) in files {
                 let tail = rotator.read(&path, lines);
-                initial.extend(tail.entries.iter().cloned().map(|e| log_line(&name, e)));
+                initial.extend(tail_lines(&name, &tail));
                 followers.push((name, logs::Follower::after(path, &tail)));
             }
             Ok((initial, followers))

@@ -44,6 +44,14 @@ pub fn open_for_container(path: &Path) -> Result<File> {
 pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(rotated(path));
+    let _ = std::fs::remove_file(dropped_marker(path));
+}
+
+/// Exists once a rotation overwrote an older `.1`: output before `.1` is gone for good.
+fn dropped_marker(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".dropped");
+    PathBuf::from(p)
 }
 
 fn rotated(path: &Path) -> PathBuf {
@@ -296,6 +304,9 @@ pub fn rotate_if_needed(path: &Path, max: u64) -> std::io::Result<Option<u64>> {
     if meta.len() <= max {
         return Ok(None);
     }
+    if std::fs::metadata(rotated(path)).is_ok_and(|m| m.len() > 0) {
+        std::fs::write(dropped_marker(path), b"")?;
+    }
     let copied = std::fs::copy(path, rotated(path))?;
     OpenOptions::new().write(true).open(path)?.set_len(0)?;
     Ok(Some(copied))
@@ -347,6 +358,9 @@ pub struct Tail {
     pub read_to: u64,
     pub inode: u64,
     pub rotations: u64,
+    /// The first entry is not the start of the container's output: rotation (or the read cap)
+    /// discarded what came before, and `lines` did not cut there.
+    pub older_dropped: bool,
 }
 
 /// The lines of `[start, end)` of a file with their timestamps, and the offset read up to.
@@ -385,10 +399,13 @@ impl Rotator {
             lines_with_stamps(&rotated(path), old_len.saturating_sub(READ_CAP), Some(old_len), &old_st);
         let (cur, read_to) = lines_with_stamps(path, cur_len.saturating_sub(READ_CAP), Some(cur_len), &cur_st);
         entries.extend(cur);
+        let mut older_dropped =
+            dropped_marker(path).exists() || old_len > READ_CAP || (old_len == 0 && cur_len > READ_CAP);
         if lines > 0 && entries.len() > lines {
             entries.drain(..entries.len() - lines);
+            older_dropped = false;
         }
-        Tail { entries, read_to, inode, rotations }
+        Tail { entries, read_to, inode, rotations, older_dropped }
     }
 }
 
@@ -488,8 +505,20 @@ mod tests {
         let all = r.read(&p, 0);
         assert_eq!(all.entries.len(), 101);
         assert_eq!(all.read_to, 6);
+        assert!(!all.older_dropped, "the first rotation loses nothing");
+        // A second rotation overwrites `.1`: the start of the output is gone, and reads say so.
+        for i in 0..20 {
+            writeln!(f, "more {i}").unwrap();
+        }
+        assert!(rotate_if_needed(&p, 100).unwrap().is_some());
+        writeln!(f, "last").unwrap();
+        let all = r.read(&p, 0);
+        assert_eq!(all.entries.first().map(|e| e.line.as_str()), Some("after"));
+        assert!(all.older_dropped);
+        assert!(!r.read(&p, 1).older_dropped, "a tail cut by `lines` reports the cut, not the loss");
         remove(&p);
         assert!(r.read(&p, 0).entries.is_empty());
+        assert!(!r.read(&p, 0).older_dropped, "removing the log forgets the loss too");
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct LogLine {
     pub container: String,
     pub stream: String,
     pub line: String,
+    /// Older output of this container was discarded before this line (log rotation, read cap).
+    #[serde(default)]
+    pub older_dropped: bool,
 }
 
 /// An interactive process with a terminal (PTY) in a running slot.

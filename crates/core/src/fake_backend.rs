@@ -47,6 +47,7 @@ impl FakeBackend {
             container: container.into(),
             stream: "combined".into(),
             line: line.into(),
+            older_dropped: false,
         };
         self.logs.lock().entry(slot_id.into()).or_default().push(l.clone());
         self.followers.lock().retain(|(slot, filter, tx)| {

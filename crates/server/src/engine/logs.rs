@@ -256,7 +256,8 @@ impl Engine {
                 // One more than asked: tells whether `lines` cut anything.
                 let ask = if lines == 0 { 0 } else { lines + 1 };
                 let got = self.backend.logs(&sb.pod_name, container.as_deref(), ask).await?;
-                (got.into_iter().map(LogEntry::from).collect::<Vec<_>>(), false, None, LogSource::Live)
+                let dropped = got.iter().any(|l| l.older_dropped);
+                (got.into_iter().map(LogEntry::from).collect::<Vec<_>>(), dropped, None, LogSource::Live)
             }
             Source::Runtime { name, dir } => {
                 Self::require_running(&sb, "reading runtime logs")?;
