@@ -1,7 +1,8 @@
 //! An in-memory [`Backend`] for unit tests of the engine: slots are records, exec echoes.
 //!
 //! Images whose reference starts with `broken` fail to prepare, like an image that cannot be pulled.
-//! `exec` understands `exit N` and otherwise echoes its argv joined by spaces.
+//! `exec` (recorded in `calls` as `exec SLOT ARGV...`) understands `exit N` and `sh -c "exit N"`
+//! and otherwise echoes its argv joined by spaces.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,11 +184,27 @@ impl Backend for FakeBackend {
         if !s.containers[0].state.is_running() {
             return Err(BackendError::NotRunning { slot: slot_id.into(), container: s.containers[0].name.clone() });
         }
+        drop(slots);
+        self.calls.lock().push(format!("exec {slot_id} {}", req.argv.join(" ")));
         if req.argv.len() == 2 && req.argv[0] == "exit" {
             return Ok(ExecOutput {
                 exit_code: req.argv[1].parse().unwrap_or(1),
                 stdout: vec![],
                 stderr: vec![],
+                timed_out: false,
+                truncated: false,
+            });
+        }
+        // `sh -c "exit N"`: exits N with a line on stderr (as a failing shell command would).
+        if let [sh, c, script] = req.argv.as_slice()
+            && sh.ends_with("sh")
+            && c == "-c"
+            && let Some(n) = script.strip_prefix("exit ").and_then(|n| n.trim().parse::<i32>().ok())
+        {
+            return Ok(ExecOutput {
+                exit_code: n,
+                stdout: vec![],
+                stderr: format!("fake: exit {n}\n").into_bytes(),
                 timed_out: false,
                 truncated: false,
             });

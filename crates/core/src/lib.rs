@@ -4,6 +4,7 @@
 //! here; everything that acts (containers, SQLite, HTTP) lives in other crates behind the
 //! [`backend::Backend`] and [`store::Store`] traits.
 
+pub mod autoscale;
 pub mod backend;
 pub mod claim;
 pub mod duration;

@@ -393,6 +393,24 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A stable fingerprint (FNV-1a 64 over canonical JSON) of what a new slot of this pool is made
+    /// from: the idle containers, the slot's resources, runtime, egress and the workload containers.
+    pub fn slot_spec_hash(&self) -> String {
+        let t = &self.spec.template;
+        let doc = serde_json::json!({
+            "idle": self.idle_containers(),
+            "containers": t.containers,
+            "runtime": t.runtime_class,
+            "egress": t.egress,
+        });
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in doc.to_string().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
     /// The images container by container that slots of this pool run while idle.
     pub fn idle_containers(&self) -> Vec<ContainerSpec> {
         let t = &self.spec.template;
@@ -479,6 +497,11 @@ pub struct Slot {
     pub idle_since: Option<String>,
     pub failure_reason: Option<String>,
     pub failure_message: Option<String>,
+    /// [`Pool::slot_spec_hash`] of the definition the slot was made from; idle slots whose hash
+    /// differs from their pool's are replaced (template sync, policy change). `None`: made by an
+    /// older version, never rolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
 }
 
 /// Lifecycle status of a sandbox.
@@ -547,12 +570,103 @@ pub struct StatusDetail {
     pub message: Option<String>,
 }
 
+/// Where a runtime of the sandbox can be reached (read-time field, never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxEndpoint {
-    pub url: String,
+    /// `{proxyBaseUrl}/sandboxes/{sandboxId}/{port}` when the server has a data-plane base URL,
+    /// else `http://{slot ip}:{port}` (reachable from the server's host). Absent for a runtime
+    /// without a port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+}
+
+/// Most post-start hooks one create request may carry.
+pub const MAX_POST_START_HOOKS: usize = 16;
+
+/// A set-up step run after the sandbox's containers start and before the create answers:
+/// exactly one of `exec` or `httpPost`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostStartHookAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecHookAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_post: Option<HttpPostHookAction>,
+}
+
+/// Runs `sh -c <command>` in container 0; a non-zero exit is a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecHookAction {
+    pub command: String,
+}
+
+/// POSTs `body` as JSON to `http://{slot ip}:{port}{path}`; a status >= 300 or a connection error
+/// is a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPostHookAction {
+    /// 1..=65535.
+    pub port: u32,
+    /// Starts with `/`, e.g. `/init`.
+    pub path: String,
+    /// A JSON object sent as the request body (`{}` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl PostStartHookAction {
+    /// Check one action (exactly one kind, valid fields). The error says what is wrong without
+    /// naming the action's position; callers prefix it.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.exec, &self.http_post) {
+            (Some(e), None) => {
+                if e.command.trim().is_empty() {
+                    return Err("exec.command is empty: give a shell command such as \"echo ready\"".into());
+                }
+            }
+            (None, Some(h)) => {
+                if !(1..=65535).contains(&h.port) {
+                    return Err(format!("httpPost.port {} is out of range: use 1..=65535", h.port));
+                }
+                if !h.path.starts_with('/') {
+                    return Err(format!("httpPost.path {:?} must start with '/', e.g. \"/init\"", h.path));
+                }
+                if let Some(b) = &h.body
+                    && !b.is_object()
+                {
+                    return Err("httpPost.body must be a JSON object".into());
+                }
+                for name in h.headers.keys() {
+                    let ok = !name.is_empty()
+                        && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+                    if !ok {
+                        return Err(format!("httpPost.headers name {name:?} is not a valid HTTP header name"));
+                    }
+                }
+                if let Some((name, _)) = h.headers.iter().find(|(_, v)| v.contains(['\r', '\n'])) {
+                    return Err(format!("httpPost.headers value of {name:?} must not contain line breaks"));
+                }
+            }
+            _ => return Err("give exactly one of exec or httpPost".into()),
+        }
+        Ok(())
+    }
+
+    /// Short human description for messages: `exec "cmd"` or `httpPost :port/path`.
+    pub fn describe(&self) -> String {
+        match (&self.exec, &self.http_post) {
+            (Some(e), _) => format!("exec {:?}", e.command),
+            (_, Some(h)) => format!("httpPost :{}{}", h.port, h.path),
+            _ => "empty hook".into(),
+        }
+    }
 }
 
 /// A claimed slot. Live while Starting/Running/Stopping; terminal records stay in the history store.
@@ -617,6 +731,9 @@ pub struct Sandbox {
     pub status_detail: Option<StatusDetail>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, SandboxEndpoint>,
+    /// The post-start hooks the create asked for, in the order they ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_start_hooks: Vec<PostStartHookAction>,
 }
 
 impl Sandbox {
@@ -663,6 +780,28 @@ mod tests {
         assert!(v.allows("ml", "anyone"));
         assert!(v.allows("other", "carol"));
         assert!(!v.allows("other", "dave"));
+    }
+
+    #[test]
+    fn post_start_hooks_validate_each_kind() {
+        let hook = |v: serde_json::Value| serde_json::from_value::<PostStartHookAction>(v).unwrap().validate();
+        assert_eq!(hook(serde_json::json!({"exec": {"command": "echo hi"}})), Ok(()));
+        let ok =
+            serde_json::json!({"httpPost": {"port": 8000, "path": "/init", "body": {"a": 1}, "headers": {"X-A": "b"}}});
+        assert_eq!(hook(ok), Ok(()));
+        let err = |v| hook(v).unwrap_err();
+        assert!(err(serde_json::json!({})).contains("exactly one"));
+        let both = serde_json::json!({"exec": {"command": "x"}, "httpPost": {"port": 1, "path": "/"}});
+        assert!(err(both).contains("exactly one"));
+        assert!(err(serde_json::json!({"exec": {"command": "  "}})).contains("empty"));
+        assert!(err(serde_json::json!({"httpPost": {"port": 0, "path": "/"}})).contains("1..=65535"));
+        assert!(err(serde_json::json!({"httpPost": {"port": 70000, "path": "/"}})).contains("1..=65535"));
+        assert!(err(serde_json::json!({"httpPost": {"port": 80, "path": "init"}})).contains("start with '/'"));
+        assert!(err(serde_json::json!({"httpPost": {"port": 80, "path": "/", "body": [1]}})).contains("object"));
+        let bad_header = serde_json::json!({"httpPost": {"port": 80, "path": "/", "headers": {"a b": "c"}}});
+        assert!(err(bad_header).contains("header name"));
+        let unknown = serde_json::from_value::<PostStartHookAction>(serde_json::json!({"run": {}}));
+        assert!(unknown.is_err(), "unknown fields are refused");
     }
 
     #[test]

@@ -189,6 +189,7 @@ pub mod conformance {
             idle_since: Some(now_rfc3339()),
             failure_reason: None,
             failure_message: None,
+            spec_hash: None,
         }
     }
 
@@ -223,6 +224,7 @@ pub mod conformance {
             duration_seconds: None,
             status_detail: None,
             endpoints: Default::default(),
+            post_start_hooks: Default::default(),
         }
     }
 

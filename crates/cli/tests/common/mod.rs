@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod image;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -118,7 +118,13 @@ impl Engine {
             if !(still_idle && same_timeout) {
                 continue;
             }
-            let msg = format!("no activity for the idle timeout ({})", WireDuration::from_secs(secs));
+            let last = self.last_active(&id).map(|t| t.elapsed()).and_then(|ago| chrono::Duration::from_std(ago).ok());
+            let last = last.map_or_else(chrono::Utc::now, |ago| chrono::Utc::now() - ago);
+            let msg = format!(
+                "no activity for the idle timeout ({}); last active at {}",
+                WireDuration::from_secs(secs),
+                last.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
             tracing::info!(sandbox_id = %id, "releasing idle sandbox: {msg}");
             if let Err(e) = self.release(&id, SandboxStatus::Released, Some(("IdleTimeout", msg)), None) {
                 tracing::warn!(sandbox_id = %id, error = %e, "idle sweep: release failed");

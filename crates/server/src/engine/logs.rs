@@ -218,7 +218,7 @@ impl Engine {
         }
     }
 
-    fn runtimes_of(&self, sb: &Sandbox) -> Vec<RuntimeSpec> {
+    pub(super) fn runtimes_of(&self, sb: &Sandbox) -> Vec<RuntimeSpec> {
         self.store
             .get_pool(&sb.namespace, &sb.pool_name)
             .ok()
@@ -464,7 +464,8 @@ impl Engine {
         Ok(ReadinessResult { sandbox_id: sb.sandbox_id, ready, endpoints })
     }
 
-    async fn probe(&self, sb: &Sandbox, probe: Option<&ReadinessProbe>) -> EndpointReadiness {
+    /// Probe one runtime once (no probe = ready); shared with the readiness-gated create.
+    pub(super) async fn probe(&self, sb: &Sandbox, probe: Option<&ReadinessProbe>) -> EndpointReadiness {
         let not = |m: String| EndpointReadiness { ready: false, message: Some(m) };
         let ok = EndpointReadiness { ready: true, message: None };
         let Some(p) = probe else { return ok };

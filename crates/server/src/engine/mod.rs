@@ -2,12 +2,17 @@
 //! and the store. Handlers call one engine function per request; no lifecycle logic lives in HTTP.
 
 mod activity;
+mod autoscale;
+mod events;
+mod hooks;
 mod logs;
+mod metrics;
 mod pools;
 mod quotas;
 mod reconcile;
 mod recovery;
 mod sandboxes;
+mod sync;
 mod templates;
 mod terminal;
 
@@ -28,6 +33,8 @@ pub use logs::{
     EndpointReadiness, FollowItem, LogEntry, LogSource, LogStreamMeta, LogsQuery, MAX_LOG_LINES, ReadinessResult,
     SandboxLogs,
 };
+pub use events::{PodDiagnosticEvent, PoolEvent, PoolEventType};
+pub use metrics::{CREATE_RESULTS, Metrics, STOP_REASONS};
 pub use pools::{CreatePoolRequest, PoolCondition, PoolDiagnostic, PoolStatus, PoolView, UpdatePoolRequest};
 pub use quotas::{
     AvailableQuotaURLSummary, AvailableQuotaURLsDetail, CreateQuotaRequest, QUOTA_EXCEEDED, QUOTA_RETRY_AFTER_SECS,
@@ -35,8 +42,9 @@ pub use quotas::{
 };
 pub use sandboxes::{
     CreateSandboxRequest, DeleteSandboxResult, ExecCommand, ExecRequestBody, ExecResult, ListSandboxesQuery,
-    SandboxList,
+    POST_START_HOOK_FAILED, PostStartHookFailedDetail, SandboxList,
 };
+pub use sync::SyncPreview;
 pub use templates::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
 pub use terminal::{ExecToken, TOKEN_TTL as EXEC_TOKEN_TTL};
 
@@ -84,6 +92,10 @@ pub(crate) struct PoolRt {
     pub key: PoolKey,
     pub queue: Mutex<ClaimQueue<oneshot::Sender<String>>>,
     pub wake: Notify,
+    /// The autoscaler's memory and scale-down protections (see `autoscale.rs`).
+    pub autoscale: Mutex<autoscale::PoolAutoscaler>,
+    /// Recent events, in memory only (see `events.rs`).
+    pub events: Mutex<events::EventRing>,
 }
 
 pub struct Engine {
@@ -101,6 +113,8 @@ pub struct Engine {
     pub(crate) activity: activity::Activity,
     /// Serializes quota admission (usage read → pool write) and quota writes; see `quotas.rs`.
     pub(crate) quota_admission: Mutex<()>,
+    /// Prometheus metrics (see `metrics.rs`).
+    pub(crate) metrics: Metrics,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -118,6 +132,7 @@ impl Engine {
             exec_tokens: Default::default(),
             activity: Default::default(),
             quota_admission: Mutex::new(()),
+            metrics: Metrics::new(),
             shutdown,
         })
     }
@@ -193,6 +208,8 @@ impl Engine {
             key: key.clone(),
             queue: Mutex::new(ClaimQueue::new(self.cfg.claim_queue_capacity)),
             wake: Notify::new(),
+            autoscale: Default::default(),
+            events: Default::default(),
         });
         pools.insert(key, Arc::clone(&rt));
         drop(pools);
@@ -217,6 +234,7 @@ impl Engine {
             for w in rt.queue.lock().drain_waiters() {
                 drop(w); // the waiting request sees its channel closed and answers 409
             }
+            self.metrics.forget_pool(&key.0, &key.1);
         }
         true
     }
@@ -269,5 +287,7 @@ pub(crate) fn age_since(ts: Option<&str>) -> Duration {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_autoscale;
 #[cfg(test)]
 mod tests_timeout;

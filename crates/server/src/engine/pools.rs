@@ -15,6 +15,7 @@ use agentbox_core::validate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::events::{PodDiagnosticEvent, PoolEvent};
 use super::{Engine, now};
 use crate::auth::AuthInfo;
 
@@ -86,20 +87,30 @@ pub struct UpdatePoolRequest {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolCondition {
+    /// `Available`, `Scaling` or `Degraded`.
     #[serde(rename = "type")]
     pub kind: String,
     pub status: bool,
+    /// Available: `IdleSlotsAvailable`, `NoIdleSlotsAvailable`, `ScalingUp`. Scaling: `ScalingUp`,
+    /// `ScalingDown`, `ReplicasReady`. Degraded: the failure reason shared by all failed slots
+    /// (e.g. `ImagePullBackOff`), else `FailedSlotsPresent`, `UnhealthyIdleSlots`,
+    /// `UnhealthyAndFailedSlots`, or `AllSlotsHealthy`.
     pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
-/// Why a slot is not usable.
+/// Why a slot is not usable (failed slots, and slots with recent warning events).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolDiagnostic {
     pub pod_name: String,
     pub phase: SlotPhase,
+    /// e.g. `ImagePullBackOff`, `CreateFailed`, `OOMKilled`, `CrashLoop`.
     pub reason: String,
     pub message: String,
+    /// The slot's recent warning events, newest first (in memory: empty after a restart).
+    pub events: Vec<PodDiagnosticEvent>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -111,6 +122,9 @@ pub struct PoolStatus {
     pub conditions: Vec<PoolCondition>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<PoolDiagnostic>,
+    /// Recent events of the pool (autoscaler decisions, slot failures, scale-down removals),
+    /// newest first, at most 50. Kept in memory only: empty after a restart.
+    pub events: Vec<PoolEvent>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -298,7 +312,7 @@ impl Engine {
     }
 
     /// Load a pool the caller may see (404 otherwise).
-    fn visible_pool(&self, auth: &AuthInfo, name: &str) -> Result<Pool, AppError> {
+    pub(crate) fn visible_pool(&self, auth: &AuthInfo, name: &str) -> Result<Pool, AppError> {
         match self.store.get_pool(&auth.namespace, name)? {
             Some(p) if auth.may_use(&p.team, &p.user) => Ok(p),
             _ => Err(AppError::not_found(format!("pool {name:?} not found"))),
@@ -422,44 +436,22 @@ impl Engine {
     pub(crate) fn pool_view(&self, p: Pool) -> Result<PoolView, AppError> {
         let counts = self.pool_counts(&p)?;
         let phase = pool_phase(p.spec.replicas, &counts, p.deleting);
-        let diagnostics: Vec<PoolDiagnostic> = self
-            .slots_of(&p)?
-            .into_iter()
-            .filter(|s| s.phase == SlotPhase::Failed)
-            .map(|s| PoolDiagnostic {
-                pod_name: s.slot_id,
-                phase: s.phase,
-                reason: s.failure_reason.unwrap_or_else(|| "Unknown".into()),
-                message: s.failure_message.unwrap_or_default(),
-            })
-            .collect();
-        let available = counts.idle > counts.unavailable_idle;
-        let conditions = vec![
-            PoolCondition {
-                kind: "Available".into(),
-                status: available,
-                reason: if available { "IdleSlotsAvailable" } else { "NoIdleSlotsAvailable" }.into(),
-            },
-            PoolCondition {
-                kind: "Scaling".into(),
-                status: matches!(phase, PoolPhase::ScalingUp | PoolPhase::ScalingDown),
-                reason: match phase {
-                    PoolPhase::ScalingUp => "ScalingUp",
-                    PoolPhase::ScalingDown => "ScalingDown",
-                    _ => "ReplicasReady",
-                }
-                .into(),
-            },
-            PoolCondition {
-                kind: "Degraded".into(),
-                status: counts.failed > 0 || counts.unavailable_idle > 0,
-                reason: if counts.failed > 0 { "FailedSlotsPresent" } else { "AllSlotsHealthy" }.into(),
-            },
-        ];
+        let slots = self.slots_of(&p)?;
+        let (events, warnings_of) = match self.pool_rt(&(p.namespace.clone(), p.name.clone())) {
+            Some(rt) => {
+                let ring = rt.events.lock();
+                let w: BTreeMap<String, Vec<PodDiagnosticEvent>> =
+                    slots.iter().map(|s| (s.slot_id.clone(), ring.warnings_of(&s.slot_id))).collect();
+                (ring.newest_first(), w)
+            }
+            None => (vec![], BTreeMap::new()),
+        };
+        let diagnostics = pool_diagnostics(slots, &warnings_of);
+        let conditions = pool_conditions(phase, &counts, &diagnostics);
         let r = validate::slot_resources(&p.spec.template.containers).unwrap_or_default();
         Ok(PoolView {
             overrides: redact(&p.overrides),
-            status: PoolStatus { phase, counts, conditions, diagnostics },
+            status: PoolStatus { phase, counts, conditions, diagnostics, events },
             cpu: r.cpu_millis.map(format_cpu_millis),
             memory: r.memory_bytes.map(format_memory_bytes),
             name: p.name,
@@ -474,4 +466,78 @@ impl Engine {
             resource_version: p.resource_version,
         })
     }
+}
+
+/// Diagnostics of a pool's slots: every failed slot, and any other slot with warning events.
+fn pool_diagnostics(
+    slots: Vec<agentbox_core::model::Slot>,
+    warnings_of: &BTreeMap<String, Vec<PodDiagnosticEvent>>,
+) -> Vec<PoolDiagnostic> {
+    slots
+        .into_iter()
+        .filter_map(|s| {
+            let events = warnings_of.get(&s.slot_id).cloned().unwrap_or_default();
+            if s.phase != SlotPhase::Failed && events.is_empty() {
+                return None;
+            }
+            let (reason, message) = if s.phase == SlotPhase::Failed {
+                (s.failure_reason.unwrap_or_else(|| "Unknown".into()), s.failure_message.unwrap_or_default())
+            } else {
+                (events[0].reason.clone(), events[0].message.clone())
+            };
+            Some(PoolDiagnostic { pod_name: s.slot_id, phase: s.phase, reason, message, events })
+        })
+        .collect()
+}
+
+/// The Available, Scaling and Degraded conditions of a pool.
+fn pool_conditions(phase: PoolPhase, counts: &PoolCounts, diagnostics: &[PoolDiagnostic]) -> Vec<PoolCondition> {
+    let claimable = counts.idle.saturating_sub(counts.unavailable_idle);
+    let available = PoolCondition {
+        kind: "Available".into(),
+        status: claimable > 0,
+        reason: match (claimable > 0, phase) {
+            (true, _) => "IdleSlotsAvailable",
+            (false, PoolPhase::ScalingUp) => "ScalingUp",
+            (false, _) => "NoIdleSlotsAvailable",
+        }
+        .into(),
+        message: format!("{claimable} idle slot(s) can be claimed"),
+    };
+    let scaling = PoolCondition {
+        kind: "Scaling".into(),
+        status: matches!(phase, PoolPhase::ScalingUp | PoolPhase::ScalingDown),
+        reason: match phase {
+            PoolPhase::ScalingUp => "ScalingUp",
+            PoolPhase::ScalingDown => "ScalingDown",
+            _ => "ReplicasReady",
+        }
+        .into(),
+        message: String::new(),
+    };
+    let failed: Vec<&PoolDiagnostic> = diagnostics.iter().filter(|d| d.phase == SlotPhase::Failed).collect();
+    let (reason, message) = match (counts.failed > 0, counts.unavailable_idle > 0) {
+        (false, false) => ("AllSlotsHealthy".to_string(), String::new()),
+        (false, true) => {
+            ("UnhealthyIdleSlots".to_string(), format!("{} idle slot(s) are not usable", counts.unavailable_idle))
+        }
+        (true, unhealthy) => {
+            let first = failed.first();
+            let same = first.is_some_and(|f| failed.iter().all(|d| d.reason == f.reason));
+            let reason = match (unhealthy, same, first) {
+                (true, _, _) => "UnhealthyAndFailedSlots".to_string(),
+                (false, true, Some(f)) => f.reason.clone(),
+                _ => "FailedSlotsPresent".to_string(),
+            };
+            let detail = first.map(|f| format!(": {} {}: {}", f.pod_name, f.reason, f.message)).unwrap_or_default();
+            (reason, format!("{} slot(s) cannot become idle{detail}", counts.failed))
+        }
+    };
+    let degraded = PoolCondition {
+        kind: "Degraded".into(),
+        status: counts.failed > 0 || counts.unavailable_idle > 0,
+        reason,
+        message,
+    };
+    vec![available, scaling, degraded]
 }

@@ -9,7 +9,11 @@ use agentbox_core::backend::{BackendError, ContainerState, SlotSpec};
 use agentbox_core::model::{Pool, SandboxStatus, Slot, SlotPhase};
 use agentbox_core::reconcile::{Action, SlotView, decide};
 
+use super::events::PoolEventType;
 use super::{Engine, PoolRt, age_since, now};
+
+/// An idle slot whose process dies within this long of becoming idle is reported as `CrashLoop`.
+const CRASH_LOOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 static SLOT_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -90,6 +94,18 @@ impl Engine {
                 SlotPhase::Idle => {
                     if rt.queue.lock().remove_idle(&s.slot_id) {
                         tracing::warn!(slot = %s.slot_id, reason, "idle slot died; replacing it");
+                        // An idle process that dies soon after it started will do so again in the
+                        // replacement: report that as a crash loop.
+                        let event = match reason {
+                            "OOMKilled" => "OOMKilled",
+                            _ if age_since(s.idle_since.as_deref()) < CRASH_LOOP_WINDOW => "CrashLoop",
+                            _ => "Failed",
+                        };
+                        let msg = match exit_code {
+                            Some(c) => format!("idle container exited with code {c} ({reason}); replacing the slot"),
+                            None => format!("idle container is gone ({reason}); replacing the slot"),
+                        };
+                        self.pool_event(rt, PoolEventType::Warning, event, &msg, Some(&s.slot_id));
                         self.destroy_slot(s).await;
                     }
                 }
@@ -98,12 +114,24 @@ impl Engine {
                         Some(c) => format!("main container exited with code {c} ({reason})"),
                         None => format!("main container is gone ({reason})"),
                     };
+                    let event = if reason == "OOMKilled" { "OOMKilled" } else { "Failed" };
+                    let sb = s.sandbox_id.as_deref().unwrap_or("-");
+                    self.pool_event(
+                        rt,
+                        PoolEventType::Warning,
+                        event,
+                        &format!("sandbox {sb}: {msg}"),
+                        Some(&s.slot_id),
+                    );
                     self.fail_sandbox(s, reason, msg, exit_code);
                 }
             }
         }
 
+        self.roll_outdated_idle_slots(&pool, rt, &self.slots_of(&pool)?).await;
+
         let slots = self.slots_of(&pool)?;
+        let pool = self.autoscale_pass(rt, pool, &slots)?;
         let views: Vec<SlotView> = slots
             .iter()
             .map(|s| SlotView {
@@ -117,7 +145,16 @@ impl Engine {
             .collect();
         let creating = slots.iter().filter(|s| s.phase == SlotPhase::Creating).count() as u32;
         let budget = self.cfg.max_parallel_creates.saturating_sub(creating);
-        for action in decide(pool.spec.replicas, &views, pool.deleting, budget) {
+        let actions = decide(pool.spec.replicas, &views, pool.deleting, budget);
+        let surplus_idle: Vec<String> = actions
+            .iter()
+            .filter_map(|a| if let Action::Destroy(ids) = a { Some(ids) } else { None })
+            .flatten()
+            .filter(|id| slots.iter().any(|s| &s.slot_id == *id && s.phase == SlotPhase::Idle))
+            .cloned()
+            .collect();
+        self.settle_protection(rt, &pool, &slots, &surplus_idle);
+        for action in actions {
             match action {
                 Action::Create(n) => {
                     for _ in 0..n {
@@ -130,11 +167,15 @@ impl Engine {
                         match s.phase {
                             // Only a slot we can still take out of the idle queue is ours to
                             // destroy: otherwise a claim got it first.
+                            // With autoscaling, only after the slot's protection window.
                             SlotPhase::Idle => {
-                                if !rt.queue.lock().remove_idle(&id) {
+                                if !self.scale_down_removal_due(rt, &pool, &id) || !rt.queue.lock().remove_idle(&id) {
                                     continue;
                                 }
                                 self.destroy_slot(s).await;
+                                if !pool.deleting {
+                                    self.scale_down_removed(rt, &pool, &id);
+                                }
                             }
                             SlotPhase::Running => {
                                 if let Some(sb) = &s.sandbox_id {
@@ -158,6 +199,28 @@ impl Engine {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Replace idle slots made from an older definition of the pool (template sync, policy or image
+    /// override change): a batch of at most `max_parallel_creates` per pass, taken out of the idle
+    /// queue first so no claim gets one mid-destroy; the decision below recreates them.
+    async fn roll_outdated_idle_slots(&self, pool: &Pool, rt: &Arc<PoolRt>, slots: &[Slot]) {
+        if pool.deleting {
+            return;
+        }
+        let want = pool.slot_spec_hash();
+        let mut rolled = 0;
+        for s in slots {
+            if rolled >= self.cfg.max_parallel_creates {
+                break;
+            }
+            let outdated = s.spec_hash.as_deref().is_some_and(|h| h != want);
+            if s.phase == SlotPhase::Idle && outdated && rt.queue.lock().remove_idle(&s.slot_id) {
+                tracing::info!(pool = %pool.name, slot = %s.slot_id, "replacing an idle slot made from an older pool definition");
+                self.destroy_slot(s).await;
+                rolled += 1;
+            }
+        }
     }
 
     pub(crate) async fn destroy_slot(&self, s: &Slot) {
@@ -187,6 +250,7 @@ impl Engine {
             idle_since: None,
             failure_reason: None,
             failure_message: None,
+            spec_hash: Some(pool.slot_spec_hash()),
         };
         if let Err(e) = self.store.put_slot(&slot) {
             tracing::warn!(error = %e, "could not record a new slot");
@@ -219,6 +283,7 @@ impl Engine {
                         return;
                     }
                     rt.queue.lock().push_idle(slot.slot_id.clone());
+                    me.metrics.slot_created(&slot.namespace, &slot.pool, true);
                     me.dispatch(&rt);
                 }
                 Err(e) => {
@@ -226,13 +291,15 @@ impl Engine {
                         BackendError::Image { .. } => "ImagePullBackOff",
                         _ => "CreateFailed",
                     };
-                    tracing::warn!(slot = %slot.slot_id, reason, error = %e, "slot creation failed");
+                    let msg = format!("slot could not be created: {e}");
+                    me.pool_event(&rt, PoolEventType::Warning, reason, &msg, Some(&slot.slot_id));
                     let _ = me.backend.destroy_slot(&slot.slot_id).await;
                     slot.phase = SlotPhase::Failed;
                     slot.failure_reason = Some(reason.into());
                     slot.failure_message = Some(e.to_string());
                     slot.idle_since = Some(now());
                     let _ = me.store.put_slot(&slot);
+                    me.metrics.slot_created(&slot.namespace, &slot.pool, false);
                 }
             }
             rt.wake.notify_one();

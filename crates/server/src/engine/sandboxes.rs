@@ -2,22 +2,26 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentbox_core::backend::{BackendError, ExecRequest};
 use agentbox_core::duration::WireDuration;
-use agentbox_core::error::{AppError, AvailablePoolSummary, AvailablePoolsDetail, PoolStatusDetail};
+use agentbox_core::error::{AppError, AvailablePoolSummary, AvailablePoolsDetail, ErrorKind, PoolStatusDetail};
 use agentbox_core::model::{
-    ContainerSpec, Pool, Sandbox, SandboxEndpoint, SandboxStatus, Slot, SlotPhase, StatusDetail,
+    ContainerSpec, MAX_POST_START_HOOKS, Pool, PostStartHookAction, RuntimeSpec, Sandbox, SandboxEndpoint,
+    SandboxStatus, Slot, SlotPhase, StatusDetail,
 };
 use agentbox_core::quantity::{format_cpu_millis, format_memory_bytes};
 use agentbox_core::store::{SandboxFilter, StoreError};
 use agentbox_core::validate;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Engine, PoolRt, now};
+use super::hooks::StartupError;
+use super::{Engine, PoolRt, metrics, now};
 use crate::auth::AuthInfo;
 
 /// `POST /v1/sandboxes`
@@ -47,6 +51,16 @@ pub struct CreateSandboxRequest {
     /// `false`: answer 409 at once when no slot is idle instead of queueing.
     #[serde(default)]
     pub wait: Option<bool>,
+    /// Set-up steps run in order after the containers start and before the create answers, each
+    /// retried until it succeeds or the startup timeout passes (at most 16). A hook that still
+    /// fails then fails the sandbox: 422 `POST_START_HOOK_FAILED`.
+    #[serde(default)]
+    pub post_start_hooks: Vec<PostStartHookAction>,
+    /// `true` (default): answer only once every runtime of the pool's template with a
+    /// `readinessProbe` is ready (503 and `Released`/`StartupTimeout` if the startup timeout passes
+    /// first). `false`: answer as soon as the containers run and the hooks succeeded.
+    #[serde(default)]
+    pub wait_for_ready: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -126,14 +140,48 @@ pub struct DeleteSandboxResult {
     pub status: SandboxStatus,
 }
 
+/// `statusDetail` of a sandbox whose containers run but whose startup gate is not passed yet.
+fn gate_detail(hooks: usize, runtimes: &[RuntimeSpec]) -> StatusDetail {
+    if hooks > 0 {
+        StatusDetail {
+            reason: Some("PostStartHooks".into()),
+            message: Some(format!("running {hooks} post-start hook(s)")),
+        }
+    } else {
+        let names: Vec<&str> = runtimes.iter().map(|r| r.name.as_str()).collect();
+        StatusDetail {
+            reason: Some("WaitingForReadiness".into()),
+            message: Some(format!("waiting for the readiness probes of runtimes {}", names.join(", "))),
+        }
+    }
+}
+
 /// What a claim needs, resolved from the request and the pool before touching any slot.
 struct ClaimPlan {
     pool: Pool,
     targets: Vec<ContainerSpec>,
     deadline: Instant,
+    /// Set by the claim when it runs an in-place image switch (a metrics label).
+    switched: Arc<AtomicBool>,
     startup_timeout: Duration,
     idle_timeout: Option<Duration>,
+    /// Runtimes whose readiness probe gates the answer (empty with `waitForReady: false`).
+    gate_runtimes: Vec<RuntimeSpec>,
 }
+
+/// Detail of the 422 `POST_START_HOOK_FAILED` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostStartHookFailedDetail {
+    pub sandbox_id: String,
+    /// 0-based position of the failing hook in `postStartHooks`.
+    pub hook_index: usize,
+    /// The hook's last error.
+    pub error: String,
+}
+
+/// `errorCode` of a create whose post-start hook failed (422).
+pub const POST_START_HOOK_FAILED: &str = "POST_START_HOOK_FAILED";
 
 impl Engine {
     /// Claim a slot and answer once the sandbox is Running. Runs in its own task: if the caller
@@ -143,13 +191,21 @@ impl Engine {
         auth: &AuthInfo,
         req: CreateSandboxRequest,
     ) -> Result<Sandbox, AppError> {
-        let plan = self.plan_claim(auth, &req)?;
+        let accepted = Instant::now();
+        let plan =
+            self.plan_claim(auth, &req).inspect_err(|e| self.metrics.create_rejected(auth, &req.pool_name, e))?;
         let (tx, rx) = oneshot::channel::<Result<Sandbox, AppError>>();
         let me = Arc::clone(self);
         let auth = auth.clone();
+        let (pool, switched) = (plan.pool.name.clone(), Arc::clone(&plan.switched));
+        let span =
+            tracing::info_span!("claim", namespace = %auth.namespace, pool = %pool, sandbox_id = tracing::field::Empty);
         tokio::spawn(async move {
-            let res = me.claim(&auth, req, plan).await;
+            let res = me.claim(&auth, req, plan).instrument(span).await;
+            let (elapsed, starting) = (accepted.elapsed(), res.as_ref().ok().and_then(metrics::starting_time));
+            let mut result = res.as_ref().map_or_else(metrics::create_result, |_| "ok");
             if let Err(Ok(sb)) = tx.send(res) {
+                result = "canceled";
                 // Nobody is listening any more: the client disconnected before its answer.
                 tracing::info!(sandbox_id = %sb.sandbox_id, "client went away before the answer; canceling");
                 let _ = me.release(
@@ -159,6 +215,8 @@ impl Engine {
                     None,
                 );
             }
+            let switched = switched.load(Ordering::Relaxed);
+            me.metrics.claim_finished(&auth.namespace, &pool, result, switched, elapsed, starting);
         });
         rx.await.map_err(|_| AppError::internal("claim task failed", "claim task dropped its answer"))?
     }
@@ -209,7 +267,29 @@ impl Engine {
         }
         let idle_timeout =
             req.idle_timeout.or(pool.spec.default_idle_timeout).map(|d| d.as_duration()).filter(|d| !d.is_zero());
-        Ok(ClaimPlan { pool, targets, deadline: Instant::now() + startup_timeout, startup_timeout, idle_timeout })
+        if req.post_start_hooks.len() > MAX_POST_START_HOOKS {
+            return Err(AppError::bad_request(format!(
+                "postStartHooks has {} entries; at most {MAX_POST_START_HOOKS} are allowed",
+                req.post_start_hooks.len()
+            )));
+        }
+        for (i, h) in req.post_start_hooks.iter().enumerate() {
+            h.validate().map_err(|m| AppError::bad_request(format!("postStartHooks[{i}]: {m}")))?;
+        }
+        let gate_runtimes = if req.wait_for_ready.unwrap_or(true) {
+            pool.spec.template.runtimes.iter().filter(|r| r.readiness_probe.is_some()).cloned().collect()
+        } else {
+            vec![]
+        };
+        Ok(ClaimPlan {
+            pool,
+            targets,
+            deadline: Instant::now() + startup_timeout,
+            startup_timeout,
+            idle_timeout,
+            gate_runtimes,
+            switched: Default::default(),
+        })
     }
 
     pub(crate) fn pool_not_found(&self, auth: &AuthInfo, name: &str) -> AppError {
@@ -305,6 +385,8 @@ impl Engine {
     ) -> Result<Sandbox, AppError> {
         let rt = self.ensure_pool_rt(&plan.pool);
         let wait = req.wait.unwrap_or(true);
+        // Hooks or readiness probes keep the sandbox (and its slot) Starting after the containers run.
+        let gated = !req.post_start_hooks.is_empty() || !plan.gate_runtimes.is_empty();
         let (slot, mut sandbox, same_image) = loop {
             let slot_id = self.take_slot(&rt, &plan, wait).await?;
             let Some(slot) = self.store.get_slot(&slot_id)? else { continue };
@@ -327,14 +409,14 @@ impl Engine {
                 metadata: req.metadata.clone(),
                 labels: req.labels.clone(),
                 annotations: req.annotations.clone(),
-                status: if same_image { SandboxStatus::Running } else { SandboxStatus::Starting },
+                status: if same_image && !gated { SandboxStatus::Running } else { SandboxStatus::Starting },
                 container_images: targets,
                 container_id: None,
                 ip: slot.ip.clone(),
                 cpu: resources.cpu_millis.map(format_cpu_millis),
                 memory: resources.memory_bytes.map(format_memory_bytes),
                 claimed_at: now.clone(),
-                started_at: same_image.then(|| now.clone()),
+                started_at: (same_image && !gated).then(|| now.clone()),
                 terminated_at: None,
                 recycled_at: None,
                 failure_reason: None,
@@ -345,11 +427,13 @@ impl Engine {
                 last_active_at: Some(now),
                 stop_reason: None,
                 duration_seconds: None,
-                status_detail: None,
+                status_detail: (same_image && gated)
+                    .then(|| gate_detail(req.post_start_hooks.len(), &plan.gate_runtimes)),
                 endpoints: BTreeMap::new(),
+                post_start_hooks: req.post_start_hooks.clone(),
             };
             let mut claimed = slot.clone();
-            claimed.phase = if same_image { SlotPhase::Running } else { SlotPhase::Starting };
+            claimed.phase = if same_image && !gated { SlotPhase::Running } else { SlotPhase::Starting };
             claimed.sandbox_id = Some(sandbox.sandbox_id.clone());
             claimed.idle_since = None;
             match self.store.claim(&claimed, SlotPhase::Idle, &sandbox) {
@@ -365,9 +449,14 @@ impl Engine {
             }
         };
         tracing::info!(sandbox_id = %sandbox.sandbox_id, pool = %plan.pool.name, slot = %slot.slot_id, same_image, "claimed");
+        tracing::Span::current().record("sandbox_id", sandbox.sandbox_id.as_str());
+        plan.switched.store(!same_image, Ordering::Relaxed);
         if same_image {
-            self.touch(&sandbox.sandbox_id);
-            return Ok(self.decorate(sandbox));
+            if !gated {
+                self.touch(&sandbox.sandbox_id);
+                return Ok(self.decorate(sandbox));
+            }
+            return self.finish_startup(sandbox, &plan).await;
         }
         // In-place image switch, in its own task so that a deadline never interrupts it half-way.
         let me = Arc::clone(self);
@@ -383,22 +472,33 @@ impl Engine {
         let outcome = tokio::time::timeout_at(plan.deadline.into(), switch).await;
         match outcome {
             Ok(Ok(Ok(obs))) => {
-                // Re-read under the transition lock: a delete may have arrived while we switched.
-                let _t = self.transitions.lock();
-                let current = self.store.get_sandbox(&sandbox_id)?.unwrap_or(sandbox.clone());
-                if current.status != SandboxStatus::Starting {
-                    return Err(AppError::conflict(format!("sandbox {sandbox_id} was deleted while starting")));
+                {
+                    // Re-read under the transition lock: a delete may have arrived while we switched.
+                    let _t = self.transitions.lock();
+                    let mut current = self.store.get_sandbox(&sandbox_id)?.unwrap_or(sandbox.clone());
+                    if current.status != SandboxStatus::Starting {
+                        return Err(AppError::conflict(format!("sandbox {sandbox_id} was deleted while starting")));
+                    }
+                    let mut slot = self.store.get_slot(&slot.slot_id)?.unwrap_or(slot);
+                    slot.images = obs.images();
+                    current.container_id = obs.main().map(|c| c.container_id.clone());
+                    current.ip = obs.ip.clone().or(current.ip);
+                    if gated {
+                        // Containers run; hooks and readiness still to go: both stay Starting.
+                        current.status_detail = Some(gate_detail(current.post_start_hooks.len(), &plan.gate_runtimes));
+                    } else {
+                        slot.phase = SlotPhase::Running;
+                        current.status = SandboxStatus::Running;
+                        current.started_at = Some(now());
+                    }
+                    self.store.put_slot_and_sandbox(&slot, &current)?;
+                    sandbox = current;
                 }
-                let mut slot = self.store.get_slot(&slot.slot_id)?.unwrap_or(slot);
-                slot.phase = SlotPhase::Running;
-                slot.images = obs.images();
-                sandbox.status = SandboxStatus::Running;
-                sandbox.started_at = Some(now());
-                sandbox.container_id = obs.main().map(|c| c.container_id.clone());
-                sandbox.ip = obs.ip.clone().or(sandbox.ip);
-                self.store.put_slot_and_sandbox(&slot, &sandbox)?;
-                self.touch(&sandbox.sandbox_id);
-                Ok(self.decorate(sandbox))
+                if !gated {
+                    self.touch(&sandbox.sandbox_id);
+                    return Ok(self.decorate(sandbox));
+                }
+                self.finish_startup(sandbox, &plan).await
             }
             Ok(Ok(Err(e))) => {
                 let (reason, err) = match &e {
@@ -417,14 +517,97 @@ impl Engine {
                     self.release(&sandbox_id, SandboxStatus::Failed, Some(("StartupFailed", join.to_string())), None);
                 Err(AppError::internal("the sandbox failed to start", join))
             }
-            Err(_) => {
-                let msg = format!(
-                    "sandbox did not become Running within the startup timeout ({})",
-                    WireDuration(plan.startup_timeout)
-                );
-                let _ = self.release(&sandbox_id, SandboxStatus::Released, Some(("StartupTimeout", msg.clone())), None);
-                Err(AppError::unavailable(format!("{msg}; retry with a longer startupTimeout")))
+            Err(_) => Err(self.startup_timed_out(&sandbox_id, &plan, "the image switch had not finished")),
+        }
+    }
+
+    /// The startup gate of a sandbox whose containers run (see `hooks.rs`): post-start hooks, then
+    /// readiness; then Starting → Running. Every way out that is not Running ends the sandbox
+    /// (unless a delete got there first, which answers 409 as during the switch).
+    async fn finish_startup(self: &Arc<Self>, sandbox: Sandbox, plan: &ClaimPlan) -> Result<Sandbox, AppError> {
+        let id = sandbox.sandbox_id.clone();
+        let mut res = self.run_post_start_hooks(&sandbox, plan.deadline).await;
+        if res.is_ok() && !plan.gate_runtimes.is_empty() {
+            if !sandbox.post_start_hooks.is_empty() {
+                self.set_starting_detail(&id, gate_detail(0, &plan.gate_runtimes))?;
             }
+            res = self.wait_ready(&sandbox, &plan.gate_runtimes, plan.deadline).await;
+        }
+        let deleted = || AppError::conflict(format!("sandbox {id} was deleted while starting"));
+        match res {
+            Ok(()) => {
+                let running = {
+                    let _t = self.transitions.lock();
+                    let Some(mut current) = self.store.get_sandbox(&id)? else { return Err(deleted()) };
+                    if current.status != SandboxStatus::Starting {
+                        return Err(deleted());
+                    }
+                    let Some(mut slot) = self.store.get_slot(&current.pod_name)? else { return Err(deleted()) };
+                    slot.phase = SlotPhase::Running;
+                    current.status = SandboxStatus::Running;
+                    current.started_at = Some(now());
+                    current.status_detail = None;
+                    self.store.put_slot_and_sandbox(&slot, &current)?;
+                    current
+                };
+                tracing::info!(sandbox_id = %id, "startup gate passed; running");
+                self.touch(&id);
+                Ok(self.decorate(running))
+            }
+            Err(StartupError::Gone) => Err(deleted()),
+            Err(StartupError::Timeout(what)) => Err(self.startup_timed_out(&id, plan, &what)),
+            Err(StartupError::Hook { index, error }) => {
+                let hook = sandbox.post_start_hooks.get(index).map(|h| h.describe()).unwrap_or_default();
+                let msg = format!("post-start hook {index} ({hook}) failed: {error}");
+                tracing::warn!(sandbox_id = %id, "{msg}");
+                if !self.end_starting(&id, SandboxStatus::Failed, "PostStartHookFailed", msg.clone())? {
+                    return Err(deleted());
+                }
+                Err(AppError::new(
+                    ErrorKind::Unprocessable,
+                    format!("{msg}; fix the hook, or give it more time with a longer startupTimeout"),
+                )
+                .with_code(POST_START_HOOK_FAILED)
+                .with_detail(&PostStartHookFailedDetail { sandbox_id: id.clone(), hook_index: index, error }))
+            }
+        }
+    }
+
+    /// Update the `statusDetail` of a sandbox that is still Starting (no-op otherwise).
+    fn set_starting_detail(&self, id: &str, detail: StatusDetail) -> Result<(), AppError> {
+        let _t = self.transitions.lock();
+        if let Some(mut sb) = self.store.get_sandbox(id)?
+            && sb.status == SandboxStatus::Starting
+        {
+            sb.status_detail = Some(detail);
+            self.store.put_sandbox(&sb)?;
+        }
+        Ok(())
+    }
+
+    /// End a Starting sandbox in `end` with `reason`; `false` when something else (a delete, a
+    /// restart) ended it first, so each sandbox is ended exactly once.
+    fn end_starting(self: &Arc<Self>, id: &str, end: SandboxStatus, reason: &str, msg: String) -> Result<bool, AppError> {
+        self.release(id, end, Some((reason, msg)), None)?;
+        Ok(matches!(
+            self.store.get_sandbox(id)?,
+            Some(s) if (s.stop_reason == Some(end) || s.status == end) && s.failure_reason.as_deref() == Some(reason)
+        ))
+    }
+
+    /// Release a sandbox whose startup timeout passed (`Released`/`StartupTimeout`, the message
+    /// says what was still missing) and build the 503 answer.
+    fn startup_timed_out(self: &Arc<Self>, id: &str, plan: &ClaimPlan, what: &str) -> AppError {
+        let msg = format!(
+            "sandbox did not become Running within the startup timeout ({}): {what}",
+            WireDuration(plan.startup_timeout)
+        );
+        tracing::warn!(sandbox_id = %id, "{msg}");
+        match self.end_starting(id, SandboxStatus::Released, "StartupTimeout", msg.clone()) {
+            Ok(true) => AppError::unavailable(format!("{msg}; retry with a longer startupTimeout"))
+                .with_detail(&serde_json::json!({ "sandboxId": id })),
+            Ok(false) => AppError::conflict(format!("sandbox {id} was deleted while starting")),
+            Err(e) => e,
         }
     }
 
@@ -437,19 +620,21 @@ impl Engine {
         {
             sb.last_active_at = Some((chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         }
-        if let (Some(base), false) = (&self.cfg.proxy_base_url, sb.status.is_terminal())
+        // Endpoints of a live sandbox, one per runtime: through the data plane when the server has
+        // a base URL for it, else straight to the slot's IP (the local backend's bridge makes it
+        // reachable from the server's host, not from elsewhere).
+        if !sb.status.is_terminal()
             && let Ok(Some(pool)) = self.store.get_pool(&sb.namespace, &sb.pool_name)
         {
             for r in &pool.spec.template.runtimes {
-                if let Some(port) = r.port {
-                    sb.endpoints.insert(
-                        r.name.clone(),
-                        SandboxEndpoint {
-                            url: format!("{base}/sandboxes/{}/{port}", sb.sandbox_id),
-                            log_dir: r.log_dir.clone(),
-                        },
-                    );
-                }
+                let url = r.port.and_then(|port| match (&self.cfg.proxy_base_url, &sb.ip) {
+                    (Some(base), _) => {
+                        Some(format!("{}/sandboxes/{}/{port}", base.trim_end_matches('/'), sb.sandbox_id))
+                    }
+                    (None, Some(ip)) => Some(format!("http://{ip}:{port}")),
+                    (None, None) => None,
+                });
+                sb.endpoints.insert(r.name.clone(), SandboxEndpoint { url, log_dir: r.log_dir.clone() });
             }
         }
         sb
@@ -555,6 +740,7 @@ impl Engine {
                 sb.failure_message = Some(m);
             }
             self.store.put_sandbox(&sb)?;
+            self.metrics.sandbox_stopped(&sb, end);
             return Ok(());
         };
         sb.status = SandboxStatus::Stopping;
@@ -568,6 +754,7 @@ impl Engine {
         sb.exit_code = exit_code.or(sb.exit_code);
         slot.phase = SlotPhase::Stopping;
         self.store.put_slot_and_sandbox(&slot, &sb)?;
+        self.metrics.sandbox_stopped(&sb, end);
         let me = Arc::clone(self);
         let slot_id = slot.slot_id.clone();
         tokio::spawn(async move { me.recycle(&slot_id).await });
@@ -577,6 +764,7 @@ impl Engine {
     /// Stopping → Idle: switch the slot back to the pool's idle containers (fresh writable layer),
     /// finish the sandbox's history record, and hand the slot to the next waiter.
     pub(crate) async fn recycle(self: &Arc<Self>, slot_id: &str) {
+        let started = Instant::now();
         let lock = self.slot_lock(slot_id);
         let _g = lock.lock().await;
         let Ok(Some(mut slot)) = self.store.get_slot(slot_id) else { return };
@@ -621,6 +809,7 @@ impl Engine {
                     rt.queue.lock().push_idle(slot_id.to_string());
                     self.dispatch(&rt);
                 }
+                self.metrics.slot_recycled(&slot.namespace, &slot.pool, started.elapsed());
                 tracing::info!(slot = %slot_id, "recycled");
             }
             Err(e) => {

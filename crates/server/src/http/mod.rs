@@ -4,6 +4,7 @@ mod admin;
 pub mod error;
 mod keys;
 mod logs;
+mod metrics;
 mod misc;
 mod pools;
 mod quotas;
@@ -90,6 +91,7 @@ struct ApiDoc;
 fn api_router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(misc::ping))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(misc::whoami))
         .routes(routes!(sandboxes::create_sandbox, sandboxes::list_sandboxes))
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
@@ -102,6 +104,8 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(logs::is_ready))
         .routes(routes!(pools::create_pool, pools::list_pools))
         .routes(routes!(pools::get_pool, pools::update_pool, pools::delete_pool))
+        .routes(routes!(pools::sync_template))
+        .routes(routes!(pools::preview_sync))
         .routes(routes!(templates::list_templates))
         .routes(routes!(templates::get_template))
         .routes(routes!(templates::create_template))
@@ -229,11 +233,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             ApiError(agentbox_core::error::AppError::not_found("no such route; see GET /openapi.json for the API"))
         })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::track))
         .layer(DefaultBodyLimit::max(4 << 30))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %rid)
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %rid, sandbox_id = tracing::field::Empty)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)

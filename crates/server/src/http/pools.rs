@@ -13,7 +13,7 @@ use agentbox_core::error::{AppError, ErrorKind};
 use super::AppState;
 use super::error::{ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::auth::AuthInfo;
-use crate::engine::{CreatePoolRequest, PoolView, UpdatePoolRequest};
+use crate::engine::{CreatePoolRequest, PoolView, SyncPreview, UpdatePoolRequest};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PoolEnvelope {
@@ -160,4 +160,33 @@ pub async fn delete_pool(
         StatusCode::ACCEPTED,
         Json(DeletePoolResult { name: p.name, namespace: p.namespace, status: "Terminating".into() }),
     ))
+}
+
+/// Re-apply the pool's template at its current version, with the pool's stored overrides; idle slots
+/// made from the old definition are then replaced.
+#[utoipa::path(post, path = "/v1/sandboxpools/{name}/sync-template", tag = "pools", params(("name" = String, Path)),
+    responses((status = 200, body = PoolEnvelope),
+        (status = 400, body = ErrorBody, description = "the pool was defined inline: no template to sync"),
+        (status = 404, body = ErrorBody, description = "no such pool, or its template is gone"),
+        (status = 409, body = ErrorBody)))]
+pub async fn sync_template(
+    State(st): State<Arc<AppState>>,
+    auth: AuthInfo,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<PoolEnvelope>> {
+    Ok(Json(PoolEnvelope { pool: st.engine.sync_template(&auth, &name)?.into() }))
+}
+
+/// What `sync-template` would do, without writing: the resulting spec as YAML and the version.
+#[utoipa::path(post, path = "/v1/sandboxpools/{name}/sync-template/preview", tag = "pools",
+    params(("name" = String, Path)),
+    responses((status = 200, body = SyncPreview),
+        (status = 400, body = ErrorBody, description = "the pool was defined inline: no template to sync"),
+        (status = 404, body = ErrorBody)))]
+pub async fn preview_sync(
+    State(st): State<Arc<AppState>>,
+    auth: AuthInfo,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<SyncPreview>> {
+    Ok(Json(st.engine.preview_sync(&auth, &name)?))
 }

@@ -25,13 +25,16 @@ pub struct SandboxEnvelope {
         (status = 201, body = SandboxEnvelope),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "pool not found; detail.availablePools"),
         (status = 409, body = ErrorBody, description = "no idle slot; detail is PoolStatusDetail, Retry-After set"),
-        (status = 429, body = ErrorBody, description = "claim queue full")))]
+        (status = 422, body = ErrorBody, description = "a post-start hook failed (errorCode POST_START_HOOK_FAILED; detail is PostStartHookFailedDetail); the sandbox is Failed"),
+        (status = 429, body = ErrorBody, description = "claim queue full"),
+        (status = 503, body = ErrorBody, description = "the startup timeout passed (switch, hooks or readiness); the sandbox is Released with reason StartupTimeout")))]
 pub async fn create_sandbox(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
     ApiJson(req): ApiJson<CreateSandboxRequest>,
 ) -> ApiResult<(StatusCode, Json<SandboxEnvelope>)> {
     let sandbox = st.engine.create_sandbox(&auth, req).await?;
+    tracing::Span::current().record("sandbox_id", sandbox.sandbox_id.as_str());
     Ok((StatusCode::CREATED, Json(SandboxEnvelope { sandbox })))
 }
 
@@ -54,6 +57,7 @@ pub async fn get_sandbox(
     auth: AuthInfo,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SandboxEnvelope>> {
+    tracing::Span::current().record("sandbox_id", id.as_str());
     Ok(Json(SandboxEnvelope { sandbox: st.engine.get_sandbox(&auth, &id)? }))
 }
 
@@ -65,6 +69,7 @@ pub async fn delete_sandbox(
     auth: AuthInfo,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<crate::engine::DeleteSandboxResult>)> {
+    tracing::Span::current().record("sandbox_id", id.as_str());
     Ok((StatusCode::ACCEPTED, Json(st.engine.delete_sandbox(&auth, &id)?)))
 }
 
@@ -79,5 +84,6 @@ pub async fn exec(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ExecRequestBody>,
 ) -> ApiResult<Json<ExecResult>> {
+    tracing::Span::current().record("sandbox_id", id.as_str());
     Ok(Json(st.engine.exec(&auth, &id, body).await?))
 }
