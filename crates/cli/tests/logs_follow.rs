@@ -90,7 +90,7 @@ fn logs_follow_runtime_sources_readiness_and_idle_timeouts() {
         }
     }));
     srv.wait_pool_idle("ticker", 2);
-    let sb = srv.claim(&json!({"poolName": "ticker"}));
+    let sb = srv.claim(&json!({"poolName": "ticker", "waitForReady": false}));
     let id = sb["sandboxId"].as_str().unwrap().to_string();
 
     // GET logs with lines=2: the last two ticks, with timestamps.
@@ -163,10 +163,14 @@ fn logs_follow_runtime_sources_readiness_and_idle_timeouts() {
 
     // Idle timeout: released after 2 s without activity; `timeout 0` keeps another one alive.
     srv.wait_pool_idle("ticker", 2);
-    let idle =
-        srv.claim(&json!({"poolName": "ticker", "idleTimeout": "2s"}))["sandboxId"].as_str().unwrap().to_string();
-    let kept =
-        srv.claim(&json!({"poolName": "ticker", "idleTimeout": "2s"}))["sandboxId"].as_str().unwrap().to_string();
+    let idle = srv.claim(&json!({"poolName": "ticker", "idleTimeout": "2s", "waitForReady": false}))["sandboxId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = srv.claim(&json!({"poolName": "ticker", "idleTimeout": "2s", "waitForReady": false}))["sandboxId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let o = srv.cli(&["sandbox", "timeout", &kept, "0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no idle timeout"));
@@ -177,6 +181,7 @@ fn logs_follow_runtime_sources_readiness_and_idle_timeouts() {
     });
     eprintln!("idle sandbox released after {:?}", t.elapsed());
     assert_eq!(sb["statusDetail"]["reason"], "IdleTimeout", "{sb}");
+    assert!(sb["statusDetail"]["message"].as_str().unwrap_or_default().contains("; last active at "), "{sb}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(srv.sandbox(&kept)["status"], "Running", "timeout 0 removed the idle timeout");
     let o = srv.cli(&["sandbox", "timeout", &kept, "45m", "-o", "json"]);

@@ -120,7 +120,7 @@ pub fn decide_scale(policy: &AutoscalingSpec, i: &AutoscaleInput) -> Option<Scal
     if may_scale_up {
         let in_flight = c.creating + c.stopping;
         let trigger = if claimable == 0 && c.pending_requests > in_flight {
-            Some((ScaleTrigger::WaitingClaims, format!("{} claims waiting with no idle slot", c.pending_requests)))
+            Some((ScaleTrigger::WaitingClaims, format!("{} claim(s) waiting with no idle slot", c.pending_requests)))
         } else if up.idle_threshold_seconds > 0
             && claimable == 0
             && c.creating == 0

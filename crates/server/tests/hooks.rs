@@ -104,7 +104,10 @@ async fn invalid_hooks_are_refused_naming_the_index() {
     let ok = json!({"exec": {"command": "true"}});
     let cases = [
         (json!([ok, {}]), "postStartHooks[1]: give exactly one of exec or httpPost"),
-        (json!([{"exec": {"command": "x"}, "httpPost": {"port": 80, "path": "/"}}]), "postStartHooks[0]: give exactly one"),
+        (
+            json!([{"exec": {"command": "x"}, "httpPost": {"port": 80, "path": "/"}}]),
+            "postStartHooks[0]: give exactly one",
+        ),
         (json!([{"exec": {"command": " "}}]), "postStartHooks[0]: exec.command is empty"),
         (json!([ok, ok, {"httpPost": {"port": 0, "path": "/"}}]), "postStartHooks[2]: httpPost.port 0 is out of range"),
         (json!([{"httpPost": {"port": 70000, "path": "/"}}]), "use 1..=65535"),
@@ -140,8 +143,11 @@ async fn hooks_run_in_order_after_the_switch_and_are_recorded() {
     let slot = sb["podName"].as_str().unwrap();
     let calls: Vec<String> = app.backend.calls.lock().iter().filter(|c| c.contains(slot)).cloned().collect();
     let pos = |want: &str| calls.iter().position(|c| c == want).unwrap_or_else(|| panic!("{want} not in {calls:?}"));
-    let (switch, one, two) =
-        (pos(&format!("switch {slot} host")), pos(&format!("exec {slot} /bin/sh -c echo one")), pos(&format!("exec {slot} /bin/sh -c echo two")));
+    let (switch, one, two) = (
+        pos(&format!("switch {slot} host")),
+        pos(&format!("exec {slot} /bin/sh -c echo one")),
+        pos(&format!("exec {slot} /bin/sh -c echo two")),
+    );
     assert!(switch < one && one < two, "switch, then the hooks in order: {calls:?}");
     let (_, v) = app.call("GET", &format!("/v1/sandboxes/{}", sb["sandboxId"].as_str().unwrap()), None).await;
     assert_eq!(v["sandbox"]["postStartHooks"], hooks, "GET shows the hooks: {v}");
@@ -206,7 +212,10 @@ async fn readiness_gates_the_answer_and_times_out_with_503() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
     let msg = v["error"].as_str().unwrap();
-    assert!(msg.contains("startup timeout (1s)") && msg.contains("runtime web: probe command exited with code 1"), "{msg}");
+    assert!(
+        msg.contains("startup timeout (1s)") && msg.contains("runtime web: probe command exited with code 1"),
+        "{msg}"
+    );
     let id = v["detail"]["sandboxId"].as_str().unwrap();
     let sb = app.wait_status(id, "Released", Duration::from_secs(5)).await;
     assert_eq!(sb["statusDetail"]["reason"], "StartupTimeout", "{sb}");

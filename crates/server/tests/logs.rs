@@ -302,7 +302,8 @@ async fn is_ready_probes_each_runtime() {
         json!({"sandboxId": ok, "ready": true, "endpoints": {"a": {"ready": true}, "plain": {"ready": true}}})
     );
 
-    let (bad, _) = app.claim(json!({"poolName": "bad"})).await;
+    // A failing probe would hold the create until the startup timeout: opt out of the gate.
+    let (bad, _) = app.claim(json!({"poolName": "bad", "waitForReady": false})).await;
     let (s, v, _) = app.call("GET", &format!("/v1/sandboxes/{bad}/is_ready"), None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["ready"], false);

@@ -298,6 +298,12 @@ async fn two_tenant_matrix() {
     ] {
         let r = s.call(&a, m, p, body).await;
         assert_eq!(r.status, 404, "alice {m} {p}: {}", r.body);
+        // The same operation on her own pool works (the 404 above is about ownership, not the route).
+        if m != "DELETE" {
+            let own = p.replace("/pb", "/pa");
+            let r = s.call(&a, m, &own, if m == "PUT" { Some(json!({"replicas": 2})) } else { None }).await;
+            assert_eq!(r.status, 200, "alice {m} {own}: {}", r.body);
+        }
     }
     // A pool of red-only template: visible to red, not to blue (404 + availableTemplates without it).
     let mut rp = pool_body("docs");

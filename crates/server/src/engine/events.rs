@@ -60,7 +60,8 @@ pub(crate) struct EventRing {
 
 impl EventRing {
     pub fn record(&mut self, kind: PoolEventType, reason: &str, message: &str, slot: Option<&str>, at: String) {
-        let mut ev = match self.items.iter().position(|e| e.kind == kind && e.reason == reason && e.message == message) {
+        let mut ev = match self.items.iter().position(|e| e.kind == kind && e.reason == reason && e.message == message)
+        {
             Some(i) => {
                 let mut e = self.items.remove(i).expect("index from position");
                 e.count = e.count.saturating_add(1);

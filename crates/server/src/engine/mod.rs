@@ -29,11 +29,11 @@ use agentbox_core::store::Store;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
+pub use events::{PodDiagnosticEvent, PoolEvent, PoolEventType};
 pub use logs::{
     EndpointReadiness, FollowItem, LogEntry, LogSource, LogStreamMeta, LogsQuery, MAX_LOG_LINES, ReadinessResult,
     SandboxLogs,
 };
-pub use events::{PodDiagnosticEvent, PoolEvent, PoolEventType};
 pub use metrics::{CREATE_RESULTS, Metrics, STOP_REASONS};
 pub use pools::{CreatePoolRequest, PoolCondition, PoolDiagnostic, PoolStatus, PoolView, UpdatePoolRequest};
 pub use quotas::{

@@ -568,7 +568,11 @@ impl Engine {
                     format!("{msg}; fix the hook, or give it more time with a longer startupTimeout"),
                 )
                 .with_code(POST_START_HOOK_FAILED)
-                .with_detail(&PostStartHookFailedDetail { sandbox_id: id.clone(), hook_index: index, error }))
+                .with_detail(&PostStartHookFailedDetail {
+                    sandbox_id: id.clone(),
+                    hook_index: index,
+                    error,
+                }))
             }
         }
     }
@@ -587,7 +591,13 @@ impl Engine {
 
     /// End a Starting sandbox in `end` with `reason`; `false` when something else (a delete, a
     /// restart) ended it first, so each sandbox is ended exactly once.
-    fn end_starting(self: &Arc<Self>, id: &str, end: SandboxStatus, reason: &str, msg: String) -> Result<bool, AppError> {
+    fn end_starting(
+        self: &Arc<Self>,
+        id: &str,
+        end: SandboxStatus,
+        reason: &str,
+        msg: String,
+    ) -> Result<bool, AppError> {
         self.release(id, end, Some((reason, msg)), None)?;
         Ok(matches!(
             self.store.get_sandbox(id)?,

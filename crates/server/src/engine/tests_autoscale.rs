@@ -8,8 +8,8 @@ use agentbox_core::duration::WireDuration;
 use agentbox_core::fake_backend::FakeBackend;
 use agentbox_core::fake_store::MemoryStore;
 use agentbox_core::model::{
-    AutoscalingSpec, ContainerSpec, PodCreationImagePolicy, SandboxSpec, SandboxStatus, ScaleDownPolicy,
-    ScaleUpMode, ScaleUpPolicy, SlotPhase,
+    AutoscalingSpec, ContainerSpec, PodCreationImagePolicy, SandboxSpec, SandboxStatus, ScaleDownPolicy, ScaleUpMode,
+    ScaleUpPolicy, SlotPhase,
 };
 use agentbox_core::reconcile::PoolPhase;
 use agentbox_core::store::Store;
