@@ -22,9 +22,25 @@ impl WireDuration {
     }
 }
 
+/// The longest duration the API accepts (366 days): timeouts beyond it are typos, and every
+/// deadline computed from a wire duration stays far from `Instant` overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86400);
+
+fn bounded(d: Duration, input: &dyn fmt::Display) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("duration {input} is too long: at most 366d"));
+    }
+    Ok(d)
+}
+
 /// Parse a duration string. Accepts units `ms`, `s`, `m`, `h`, `d` in sequence (`"1h30m"`), a bare
-/// non-negative integer (seconds) and `"0"`.
+/// non-negative integer (seconds) and `"0"`; at most [`MAX_DURATION`].
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let d = parse_unbounded(input)?;
+    bounded(d, &format_args!("{input:?}"))
+}
+
+fn parse_unbounded(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     if s.is_empty() {
         return Err("empty duration: use a value like \"30s\", \"2m\" or \"1h\"".into());
@@ -106,7 +122,7 @@ impl<'de> Deserialize<'de> for WireDuration {
             Str(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(WireDuration(Duration::from_secs(n))),
+            Raw::Int(n) => bounded(Duration::from_secs(n), &n).map(WireDuration).map_err(serde::de::Error::custom),
             Raw::Str(s) => parse_duration(&s).map(WireDuration).map_err(serde::de::Error::custom),
         }
     }
@@ -126,6 +142,15 @@ impl utoipa::ToSchema for WireDuration {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_durations_beyond_the_maximum() {
+        assert!(parse_duration("366d").is_ok());
+        assert!(parse_duration("367d").unwrap_err().contains("too long"));
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(serde_json::from_str::<WireDuration>("18446744073709551615").is_err());
+        assert!(serde_json::from_str::<WireDuration>("31622400").is_ok());
+    }
 
     #[test]
     fn parses_units_and_integers() {

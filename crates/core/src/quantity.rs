@@ -1,11 +1,17 @@
 //! Kubernetes-style quantities: CPU (`"500m"`, `"2"`, `"0.5"`) and memory (`"512Mi"`, `"1G"`, bytes).
 
+/// The largest CPU quantity accepted (one million cores): sums and multipliers stay far from overflow.
+pub const MAX_CPU_MILLIS: u64 = 1_000_000_000;
+/// The largest memory quantity accepted (1 PiB).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+
 /// CPU quantity → millicores.
 pub fn parse_cpu_millis(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let bad = || format!("invalid cpu quantity {s:?}: use millicores like \"500m\" or cores like \"2\" or \"0.5\"");
     if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<u64>().map_err(|_| bad());
+        let m = m.parse::<u64>().map_err(|_| bad())?;
+        return if m <= MAX_CPU_MILLIS { Ok(m) } else { Err(bad()) };
     }
     let cores: f64 = s.parse().map_err(|_| bad())?;
     if !cores.is_finite() || !(0.0..=1.0e6).contains(&cores) {
@@ -35,7 +41,7 @@ pub fn parse_memory_bytes(s: &str) -> Result<u64, String> {
             && (suffix.is_empty() || !num.is_empty())
         {
             let n: u64 = num.parse().map_err(|_| bad())?;
-            return n.checked_mul(mult).ok_or_else(bad);
+            return n.checked_mul(mult).filter(|b| *b <= MAX_MEMORY_BYTES).ok_or_else(bad);
         }
     }
     Err(bad())

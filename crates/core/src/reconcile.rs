@@ -172,6 +172,21 @@ mod tests {
     }
 
     #[test]
+    fn lowering_desired_below_busy_slots_only_removes_idle_ones_and_never_creates() {
+        // What autoscaler scale-down relies on: it only lowers `desired`.
+        let slots = [
+            v("r1", SlotPhase::Running, 100),
+            v("r2", SlotPhase::Running, 100),
+            v("s", SlotPhase::Starting, 1),
+            v("st", SlotPhase::Stopping, 1),
+            v("c", SlotPhase::Creating, 1),
+            v("i", SlotPhase::Idle, 5),
+        ];
+        assert_eq!(decide(1, &slots, false, 10), vec![Action::Destroy(vec!["i".into()])]);
+        assert_eq!(decide(1, &slots[..5], false, 10), vec![], "nothing idle: nothing removed, nothing created");
+    }
+
+    #[test]
     fn failed_slots_are_replaced_after_backoff() {
         let slots = [v("bad", SlotPhase::Failed, 60), v("ok", SlotPhase::Idle, 1)];
         assert_eq!(decide(2, &slots, false, 10), vec![Action::Destroy(vec!["bad".into()]), Action::Create(1)]);

@@ -53,20 +53,21 @@ pub fn image_ref(field: &str, v: &str) -> Result<(), AppError> {
 
 /// Sum of the containers' limits as slot resources; falls back to requests when a limit is unset.
 pub fn slot_resources(containers: &[ContainerSpec]) -> Result<Resources, AppError> {
+    let too_much = || AppError::bad_request("the containers' resources add up to more than a slot can have");
     let mut r = Resources::default();
     for c in containers {
         let q = |lim: &Option<String>, req: &Option<String>| lim.clone().or_else(|| req.clone());
         if let Some(cpu) = q(&c.resources.limits.cpu, &c.resources.requests.cpu) {
             let m = parse_cpu_millis(&cpu).map_err(|e| AppError::bad_request(format!("container {}: {e}", c.name)))?;
-            r.cpu_millis = Some(r.cpu_millis.unwrap_or(0) + m);
+            r.cpu_millis = Some(r.cpu_millis.unwrap_or(0).checked_add(m).ok_or_else(too_much)?);
         }
         if let Some(mem) = q(&c.resources.limits.memory, &c.resources.requests.memory) {
             let b =
                 parse_memory_bytes(&mem).map_err(|e| AppError::bad_request(format!("container {}: {e}", c.name)))?;
-            r.memory_bytes = Some(r.memory_bytes.unwrap_or(0) + b);
+            r.memory_bytes = Some(r.memory_bytes.unwrap_or(0).checked_add(b).ok_or_else(too_much)?);
         }
         if let Some(p) = c.resources.limits.pids.or(c.resources.requests.pids) {
-            r.pids = Some(r.pids.unwrap_or(0) + p);
+            r.pids = Some(r.pids.unwrap_or(0).checked_add(p).ok_or_else(too_much)?);
         }
     }
     Ok(r)

@@ -86,25 +86,40 @@ struct CachedKey {
     at: Instant,
 }
 
+/// Cached lookups, and a generation bumped by every deletion: a lookup that read the store before
+/// a deletion finished must not put the deleted key back into the cache.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, CachedKey>,
+    generation: u64,
+}
+
 /// The identity service: authenticates requests and manages API keys.
 pub struct Authenticator {
     cfg: AuthConfig,
     store: Arc<dyn Store>,
     admin_key_hash: Option<[u8; 32]>,
-    cache: RwLock<HashMap<String, CachedKey>>,
+    cache: RwLock<KeyCache>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     limiter_checks: AtomicU64,
 }
 
-/// `t-<team>-<user>`, lower-cased, characters outside `[a-z0-9-]` replaced by `-`, runs of `-`
-/// collapsed, trimmed, at most 63 characters; `default` when team or user is empty.
+/// The namespace of tenant (team, user): `t-<team>-<user>` when both are plain lower-case
+/// alphanumerics (then the dash separates them unambiguously); otherwise the sanitised form
+/// (lower-cased, other characters → `-`, shortened) followed by 8 hex of a hash of the exact
+/// (team, user), so two different tenants never share a namespace (`a-b`/`c` vs `a`/`b-c`,
+/// `Red` vs `red`). `default` when team or user is empty.
 pub fn tenant_namespace(team: &str, user: &str) -> String {
     if team.is_empty() || user.is_empty() {
         return "default".into();
     }
-    let raw = format!("t-{team}-{user}").to_ascii_lowercase();
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let simple = format!("t-{team}-{user}");
+    if plain(team) && plain(user) && simple.len() <= 63 {
+        return simple;
+    }
+    let mut out = String::with_capacity(simple.len());
+    for c in simple.to_ascii_lowercase().chars() {
         let c = if c.is_ascii_alphanumeric() { c } else { '-' };
         if c == '-' && out.ends_with('-') {
             continue;
@@ -112,8 +127,9 @@ pub fn tenant_namespace(team: &str, user: &str) -> String {
         out.push(c);
     }
     let mut out = out.trim_matches('-').to_string();
-    out.truncate(63);
-    out.trim_end_matches('-').to_string()
+    out.truncate(54);
+    let digest = Sha256::digest(format!("{team}\0{user}").as_bytes());
+    format!("{}-{}", out.trim_end_matches('-'), &hex::encode(digest)[..8])
 }
 
 fn now_rfc3339() -> String {
@@ -210,7 +226,7 @@ impl Authenticator {
             cfg,
             store,
             admin_key_hash,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(KeyCache::default()),
             limiter,
             limiter_checks: AtomicU64::new(0),
         }
@@ -232,9 +248,7 @@ impl Authenticator {
             .map(str::trim);
         let api_key = header(headers, API_KEY_HEADER);
         let mut auth = match (bearer, api_key) {
-            (Some(b), None) if canonical_token(b).is_none() && b != self.cfg.admin_key.as_deref().unwrap_or("\0") => {
-                self.authenticate_jwt(b)?
-            }
+            (Some(b), None) if canonical_token(b).is_none() && !self.is_admin_key(b) => self.authenticate_jwt(b)?,
             (Some(b), None) => self.authenticate_key(b)?,
             (_, Some(k)) => self.authenticate_key(k)?,
             (None, None) if self.is_dev_mode() => AuthInfo::dev_admin(),
@@ -251,18 +265,27 @@ impl Authenticator {
                 auth = self.impersonate(&auth, team, user);
             }
         }
-        if api_key.is_some() && matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        let by_key = matches!(auth.auth_method.as_str(), "apikey" | "admin-key");
+        if by_key && matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
             self.check_client_version(headers)?;
         }
         self.check_rate(&auth)?;
         Ok(auth)
     }
 
+    /// Is `presented` the static admin key? SHA-256 digests compared in constant time, so neither
+    /// the key's content nor its length leaks through timing.
+    fn is_admin_key(&self, presented: &str) -> bool {
+        self.admin_key_hash.as_ref().is_some_and(|admin| {
+            let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+            bool::from(h.ct_eq(admin))
+        })
+    }
+
     /// Authenticate a bare API key value (used for `X-API-Key` of the E2B API too).
     pub fn authenticate_key(&self, presented: &str) -> Result<AuthInfo, AppError> {
-        if let Some(admin) = &self.admin_key_hash {
-            let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-            if bool::from(h.ct_eq(admin)) {
+        {
+            if self.is_admin_key(presented) {
                 return Ok(AuthInfo {
                     namespace: "default".into(),
                     role: Role::Admin,
@@ -311,7 +334,7 @@ impl Authenticator {
             ));
         };
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        v.required_spec_claims.clear();
+        v.required_spec_claims = ["exp".to_string()].into_iter().collect();
         v.validate_aud = false;
         v.leeway = 5;
         let data =
@@ -350,14 +373,23 @@ impl Authenticator {
     }
 
     /// The admin acting as tenant (team, user): scoped exactly like that tenant.
+    /// Namespace and default quota URL come from the tenant's newest key when it has one (an admin
+    /// may have given it another namespace), else the derived namespace.
     fn impersonate(&self, admin: &AuthInfo, team: &str, user: &str) -> AuthInfo {
         tracing::debug!(admin = %admin.user, team, user, "impersonation");
+        let newest = self
+            .store
+            .list_api_keys()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|k| k.team == team && k.user == user)
+            .max_by(|a, b| a.issued_at.cmp(&b.issued_at));
         AuthInfo {
-            namespace: tenant_namespace(team, user),
+            namespace: newest.as_ref().map_or_else(|| tenant_namespace(team, user), |k| k.namespace.clone()),
             role: Role::Tenant,
             user: user.into(),
             team: team.into(),
-            quota_url: String::new(),
+            quota_url: newest.map(|k| k.quota_url).unwrap_or_default(),
             auth_method: "impersonation".into(),
             email: String::new(),
             name: String::new(),
@@ -406,34 +438,45 @@ impl Authenticator {
     }
 
     fn lookup(&self, hash: &str) -> Result<Option<ApiKeyRecord>, AppError> {
-        if let Some(c) = self.cache.read().get(hash)
-            && c.at.elapsed() < self.cfg.key_cache_ttl
-        {
-            return Ok(Some(c.rec.clone()));
-        }
+        let generation = {
+            let cache = self.cache.read();
+            if let Some(c) = cache.keys.get(hash)
+                && c.at.elapsed() < self.cfg.key_cache_ttl
+            {
+                return Ok(Some(c.rec.clone()));
+            }
+            cache.generation
+        };
         let rec = self.store.find_api_key_by_hash(hash)?;
         let mut cache = self.cache.write();
         match &rec {
-            Some(r) => {
-                if cache.len() >= KEY_CACHE_MAX {
+            Some(r) if cache.generation == generation => {
+                if cache.keys.len() >= KEY_CACHE_MAX {
                     let ttl = self.cfg.key_cache_ttl;
-                    cache.retain(|_, c| c.at.elapsed() < ttl);
-                    if cache.len() >= KEY_CACHE_MAX {
-                        cache.clear();
+                    cache.keys.retain(|_, c| c.at.elapsed() < ttl);
+                    if cache.keys.len() >= KEY_CACHE_MAX {
+                        cache.keys.clear();
                     }
                 }
-                cache.insert(hash.to_string(), CachedKey { rec: r.clone(), at: Instant::now() });
+                cache.keys.insert(hash.to_string(), CachedKey { rec: r.clone(), at: Instant::now() });
             }
-            None => {
-                cache.remove(hash);
+            _ => {
+                cache.keys.remove(hash);
             }
         }
         Ok(rec)
     }
 
+    /// Forget a key (after it was deleted or changed in the store).
+    fn evict(&self, hash: &str) {
+        let mut cache = self.cache.write();
+        cache.generation += 1;
+        cache.keys.remove(hash);
+    }
+
     fn item(&self, rec: &ApiKeyRecord) -> ApiKeyItem {
         let raw_token = rec.sealed_token.as_deref().and_then(|s| {
-            let t = self.cfg.server_key.open(s);
+            let t = self.cfg.server_key.open(s, &rec.key_id);
             if t.is_none() {
                 tracing::warn!(key_id = %rec.key_id, "cannot open the sealed raw token: the server key changed?");
             }
@@ -519,8 +562,10 @@ impl Authenticator {
                 (Some(t), h, String::new(), now_rfc3339())
             }
         };
+        let key_id = ApiKeyRecord::id_for_hash(&token_hash);
+        let sealed_token = token.as_deref().map(|t| self.cfg.server_key.seal(t, &key_id));
         let rec = ApiKeyRecord {
-            key_id: ApiKeyRecord::id_for_hash(&token_hash),
+            key_id,
             token_hash,
             namespace,
             role: Role::Tenant,
@@ -531,7 +576,7 @@ impl Authenticator {
             issued_at,
             expires_at,
             sync_source,
-            sealed_token: token.as_deref().map(|t| self.cfg.server_key.seal(t)),
+            sealed_token,
         };
         match self.store.create_api_key(&rec) {
             Ok(()) => {}
@@ -541,11 +586,16 @@ impl Authenticator {
                     self.store.get_api_key(&rec.key_id)?.filter(|k| k.token_hash == rec.token_hash).ok_or_else(
                         || AppError::conflict(format!("key id {} is taken by another token", rec.key_id)),
                     )?;
+                if (&existing.team, &existing.user, &existing.namespace) != (&rec.team, &rec.user, &rec.namespace) {
+                    return Err(AppError::conflict(
+                        "this token hash is already imported for another team, user or namespace; delete that key first",
+                    ));
+                }
                 if existing.sync_source != "global" {
                     existing.sync_source = "global".into();
                     self.store.put_api_key(&existing)?;
                 }
-                self.cache.write().remove(&existing.token_hash);
+                self.evict(&existing.token_hash);
                 return Ok(CreatedApiKey { api_key: String::new(), key: self.item(&existing) });
             }
             Err(StoreError::Conflict(_)) => {
@@ -588,7 +638,7 @@ impl Authenticator {
             return Err(AppError::forbidden("forbidden: you can only delete your own api keys"));
         }
         self.store.delete_api_key(key_id)?;
-        self.cache.write().remove(&rec.token_hash);
+        self.evict(&rec.token_hash);
         tracing::info!(key_id, "api key deleted");
         Ok(())
     }
@@ -634,11 +684,26 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_are_sanitised() {
-        assert_eq!(tenant_namespace("Team A", "bob@x.io"), "t-team-a-bob-x-io");
+    fn namespaces_are_sanitised_and_never_shared_by_two_tenants() {
+        assert_eq!(tenant_namespace("red", "alice"), "t-red-alice");
+        let ns = tenant_namespace("Team A", "bob@x.io");
+        assert!(ns.starts_with("t-team-a-bob-x-io-") && ns.len() == "t-team-a-bob-x-io-".len() + 8, "{ns}");
         assert_eq!(tenant_namespace("", "bob"), "default");
-        assert_eq!(tenant_namespace("__", "!!"), "t");
-        assert!(tenant_namespace(&"a".repeat(40), &"b".repeat(40)).len() <= 63);
+        // Different tenants whose sanitised names would coincide get different namespaces.
+        let pairs = [
+            (("a-b", "c"), ("a", "b-c")),
+            (("red", "bob@x.io"), ("red", "bob.x.io")),
+            (("Red", "u"), ("red", "u")),
+            (("t", &"x".repeat(80) as &str), ("t", &"x".repeat(81) as &str)),
+        ];
+        for ((t1, u1), (t2, u2)) in pairs {
+            assert_ne!(tenant_namespace(t1, u1), tenant_namespace(t2, u2), "{t1}/{u1} vs {t2}/{u2}");
+        }
+        for (t, u) in [("__", "!!"), (&"a".repeat(40) as &str, &"b".repeat(40) as &str), ("Z", "Ü")] {
+            let ns = tenant_namespace(t, u);
+            assert!(ns.len() <= 63, "{ns}");
+            assert!(agentbox_core::validate::dns_label("namespace", &ns).is_ok(), "{ns}");
+        }
     }
 
     #[test]
@@ -680,7 +745,7 @@ mod tests {
         let mut rec = store.get_api_key(&k.key.key_id).unwrap().unwrap();
         rec.expires_at = Some("2020-01-01T00:00:00Z".into());
         store.put_api_key(&rec).unwrap();
-        a.cache.write().clear();
+        a.cache.write().keys.clear();
         let e = a.authenticate_key(&k.api_key).unwrap_err();
         assert!(e.message.contains("expired"), "{}", e.message);
     }
@@ -696,14 +761,20 @@ mod tests {
             )
             .unwrap()
         };
-        let t = tok(serde_json::json!({"sub": "bob", "team": "red", "email": "b@x", "name": "Bob"}), "s3");
+        let exp = Utc::now().timestamp() + 600;
+        let t = tok(serde_json::json!({"sub": "bob", "team": "red", "email": "b@x", "name": "Bob", "exp": exp}), "s3");
         let who = a.authenticate(&Method::GET, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap();
         assert_eq!((who.user.as_str(), who.team.as_str(), who.role), ("bob", "red", Role::Tenant));
         assert_eq!((who.email.as_str(), who.auth_method.as_str()), ("b@x", "jwt"));
-        let bad = tok(serde_json::json!({"sub": "bob", "team": "red"}), "other");
+        let bad = tok(serde_json::json!({"sub": "bob", "team": "red", "exp": exp}), "other");
         assert!(a.authenticate(&Method::GET, &headers(&[("authorization", &format!("Bearer {bad}"))])).is_err());
         let expired = tok(serde_json::json!({"sub": "bob", "team": "red", "exp": 1_000_000}), "s3");
         assert!(a.authenticate(&Method::GET, &headers(&[("authorization", &format!("Bearer {expired}"))])).is_err());
+        let forever = tok(serde_json::json!({"sub": "bob", "team": "red", "role": "admin"}), "s3");
+        assert!(
+            a.authenticate(&Method::GET, &headers(&[("authorization", &format!("Bearer {forever}"))])).is_err(),
+            "a JWT without exp is refused"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 
 use agentbox_core::identity::{API_KEY_PREFIX, E2B_KEY_PREFIX};
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -71,65 +71,83 @@ impl ServerKey {
     }
 
     /// Load the key file at `path`, creating it (32 random bytes, mode 0600) if it does not exist.
+    /// Creation is atomic and never replaces an existing file: the bytes go to a uniquely named
+    /// temporary file in the same directory, which is then linked into place only if no file is
+    /// there yet (two servers starting on one data dir end up with the same key), and the directory
+    /// is synced so the key survives a crash right after creation.
     pub fn load_or_create(path: &Path) -> std::io::Result<ServerKey> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "server key file {} must hold exactly 32 bytes (it has {}); restore it from a backup, or \
-                             move it away to create a new one (stored API keys then lose their recoverable raw token)",
-                            path.display(),
-                            bytes.len()
-                        ),
-                    )
-                })?;
-                Ok(ServerKey::from_bytes(arr))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut b);
-                if let Some(dir) = path.parent() {
+        loop {
+            match std::fs::read(path) {
+                Ok(bytes) => {
+                    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "server key file {} must hold exactly 32 bytes (it has {}); restore it from a backup, or \
+                                 move it away to create a new one (stored API keys then lose their recoverable raw token)",
+                                path.display(),
+                                bytes.len()
+                            ),
+                        )
+                    })?;
+                    use std::os::unix::fs::PermissionsExt;
+                    if let Ok(m) = std::fs::metadata(path)
+                        && m.permissions().mode() & 0o077 != 0
+                    {
+                        tracing::warn!(path = %path.display(), "the server key file is readable by others; chmod 600 it");
+                    }
+                    return Ok(ServerKey::from_bytes(arr));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                     std::fs::create_dir_all(dir)?;
+                    let mut b = [0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut b);
+                    let mut tmp = tempfile::Builder::new().prefix(".server-key-").tempfile_in(dir)?;
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    }
+                    tmp.write_all(&b)?;
+                    tmp.as_file().sync_all()?;
+                    match tmp.persist_noclobber(path) {
+                        Ok(_) => {
+                            std::fs::File::open(dir)?.sync_all()?;
+                            return Ok(ServerKey::from_bytes(b));
+                        }
+                        // Someone else created it first: use theirs.
+                        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(e.error),
+                    }
                 }
-                // Write to a temporary file and rename, so a crash never leaves a short key file.
-                let tmp = path.with_extension("tmp");
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f =
-                        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-                    f.write_all(&b)?;
-                    f.sync_all()?;
-                }
-                std::fs::rename(&tmp, path)?;
-                Ok(ServerKey::from_bytes(b))
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
         }
     }
 
-    /// Seal `plaintext` (a fresh random nonce per call): hex of nonce ‖ ciphertext+tag.
-    pub fn seal(&self, plaintext: &str) -> String {
+    /// Seal `plaintext` bound to `context` (the key id: a sealed token copied onto another key
+    /// does not open), with a fresh random nonce per call: hex of nonce ‖ ciphertext+tag.
+    pub fn seal(&self, plaintext: &str, context: &str) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: context.as_bytes() })
             .expect("chacha20poly1305 encryption of a short message cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         hex::encode(out)
     }
 
-    /// Open what [`ServerKey::seal`] produced; `None` if it was sealed under another key or altered.
-    pub fn open(&self, sealed: &str) -> Option<String> {
+    /// Open what [`ServerKey::seal`] produced for `context`; `None` if it was sealed under another
+    /// key or context, or altered.
+    pub fn open(&self, sealed: &str, context: &str) -> Option<String> {
         let raw = hex::decode(sealed).ok()?;
         if raw.len() <= NONCE_LEN {
             return None;
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        let pt = self.cipher.decrypt(Nonce::from_slice(nonce), ct).ok()?;
+        let pt = self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: context.as_bytes() }).ok()?;
         String::from_utf8(pt).ok()
     }
 }
@@ -155,17 +173,18 @@ mod tests {
     fn sealed_tokens_open_only_with_the_same_key_and_never_contain_the_plaintext() {
         let k = ServerKey::ephemeral();
         let t = generate_token();
-        let s1 = k.seal(&t);
-        let s2 = k.seal(&t);
+        let s1 = k.seal(&t, "agbx-1");
+        let s2 = k.seal(&t, "agbx-1");
         assert_ne!(s1, s2, "fresh nonce per seal");
         assert!(!s1.contains(&t[5..]));
-        assert_eq!(k.open(&s1).as_deref(), Some(t.as_str()));
-        assert_eq!(ServerKey::ephemeral().open(&s1), None);
+        assert_eq!(k.open(&s1, "agbx-1").as_deref(), Some(t.as_str()));
+        assert_eq!(k.open(&s1, "agbx-2"), None, "bound to its key id");
+        assert_eq!(ServerKey::ephemeral().open(&s1, "agbx-1"), None);
         let mut tampered = s1.clone().into_bytes();
         let last = tampered.len() - 1;
         tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
-        assert_eq!(k.open(std::str::from_utf8(&tampered).unwrap()), None);
-        assert_eq!(k.open("zz"), None);
+        assert_eq!(k.open(std::str::from_utf8(&tampered).unwrap(), "agbx-1"), None);
+        assert_eq!(k.open("zz", "agbx-1"), None);
     }
 
     #[test]
@@ -176,9 +195,11 @@ mod tests {
         let k1 = ServerKey::load_or_create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let sealed = k1.seal("x");
+        let sealed = k1.seal("x", "c");
         let k2 = ServerKey::load_or_create(&path).unwrap();
-        assert_eq!(k2.open(&sealed).as_deref(), Some("x"));
+        assert_eq!(k2.open(&sealed, "c").as_deref(), Some("x"));
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
         std::fs::write(&path, b"short").unwrap();
         let err = ServerKey::load_or_create(&path).unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");

@@ -113,7 +113,15 @@ fn pool_body(name: &str) -> Value {
     json!({"name": name, "templateName": "tpl", "replicas": 2, "podCreationImagePolicy": "PoolDefaultImage"})
 }
 
-fn jwt(claims: Value, secret: &str) -> String {
+/// An HS256 token; `exp` defaults to ten minutes from now (`"exp": null` leaves it out).
+fn jwt(mut claims: Value, secret: &str) -> String {
+    match claims.get("exp") {
+        None => claims["exp"] = json!(chrono::Utc::now().timestamp() + 600),
+        Some(Value::Null) => {
+            claims.as_object_mut().unwrap().remove("exp");
+        }
+        Some(_) => {}
+    }
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -226,6 +234,8 @@ async fn jwt_callers_and_impersonation() {
     assert_eq!(s.call(&forged, "GET", "/v1/auth/whoami", None).await.status, 401);
     let expired = Who::Bearer(jwt(json!({"sub": "carol", "team": "green", "exp": 1000}), JWT_SECRET));
     assert_eq!(s.call(&expired, "GET", "/v1/auth/whoami", None).await.status, 401);
+    let forever = Who::Bearer(jwt(json!({"sub": "root", "role": "admin", "exp": null}), JWT_SECRET));
+    assert_eq!(s.call(&forever, "GET", "/v1/auth/whoami", None).await.status, 401, "a JWT without exp is refused");
     let admin_jwt = Who::Bearer(jwt(json!({"sub": "root", "role": "admin"}), JWT_SECRET));
     assert_eq!(s.ok(&admin_jwt, "GET", "/v1/admin/api-keys", None, 200).await["total"], 0);
     // A JWT user without an api key cannot create pools (API_KEY_REQUIRED) until it makes one.
@@ -495,4 +505,87 @@ async fn rate_limit_refuses_with_retry_after() {
     for _ in 0..5 {
         assert_eq!(s.call(&Who::Admin, "GET", "/v1/sandboxes", None).await.status, 200);
     }
+}
+
+/// Inputs that once crashed a handler (found in review): each is a clear 400 now.
+#[tokio::test]
+async fn hostile_bodies_are_refused_with_400() {
+    let s = Srv::default().await;
+    let admin = Who::Admin;
+    let inline = |containers: Value| json!({"idleImage": "pause", "containers": containers});
+    let cases = [
+        ("/v1/sandboxpools", json!({"name": "x", "template": inline(json!([])), "overrides": {"image": "host"}})),
+        (
+            "/v1/sandboxpools",
+            json!({"name": "x", "template": inline(json!([
+            {"name": "a", "image": "host", "resources": {"limits": {"cpu": "18446744073709551615m"}}},
+            {"name": "b", "image": "host", "resources": {"limits": {"cpu": "18446744073709551615m"}}}]))}),
+        ),
+        (
+            "/v1/sandboxpools",
+            json!({"name": "x", "overrides": {"resourceMultiplier": 2}, "template": inline(json!([
+            {"name": "a", "image": "host", "resources": {"requests": {"memory": "9223372036854775808"}}}]))}),
+        ),
+        (
+            "/v1/sandboxpools",
+            json!({"name": "x", "template": inline(json!([{"name": "a", "image": "host"}])),
+            "defaultStartupTimeout": 18446744073709551615u64}),
+        ),
+        ("/v1/sandboxes", json!({"poolName": "p", "startupTimeout": 18446744073709551615u64})),
+        ("/v1/sandboxes", json!({"poolName": "p", "idleTimeout": "99999999999h"})),
+    ];
+    for (path, body) in cases {
+        let r = s.call(&admin, "POST", path, Some(body.clone())).await;
+        assert_eq!(r.status, 400, "POST {path} {body}: {}", r.body);
+        assert!(r.body["error"].is_string(), "{}", r.body);
+    }
+    // A huge JSON body is refused before it is buffered.
+    let big = "x".repeat(17 << 20);
+    let r = s.call(&admin, "POST", "/v1/sandboxes", Some(json!({"poolName": big}))).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("too large"), "{}", r.body);
+}
+
+/// Admins reach any tenant's pool by name; the same name in two namespaces asks them to impersonate.
+#[tokio::test]
+async fn admins_reach_tenant_pools_by_name() {
+    let s = Srv::default().await;
+    s.ok(&Who::Admin, "POST", "/v1/admin/sandbox-templates", Some(template("tpl", None, "")), 201).await;
+    let a = Who::Key(s.key_for("red", "alice").await);
+    let b = Who::Key(s.key_for("blue", "bob").await);
+    s.ok(&a, "POST", "/v1/sandboxpools", Some(pool_body("only-a")), 201).await;
+    let v = s.ok(&Who::Admin, "GET", "/v1/sandboxpools/only-a", None, 200).await;
+    assert_eq!(v["pool"]["namespace"], "t-red-alice");
+    s.ok(&Who::Admin, "PUT", "/v1/sandboxpools/only-a", Some(json!({"replicas": 1})), 200).await;
+    s.ok(&a, "POST", "/v1/sandboxpools", Some(pool_body("both")), 201).await;
+    s.ok(&b, "POST", "/v1/sandboxpools", Some(pool_body("both")), 201).await;
+    let r = s.call(&Who::Admin, "GET", "/v1/sandboxpools/both", None).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("X-Impersonate-Team"), "{}", r.body);
+    let v = s.ok(&Who::Impersonate("blue", "bob"), "GET", "/v1/sandboxpools/both", None, 200).await;
+    assert_eq!(v["pool"]["namespace"], "t-blue-bob");
+    s.ok(&Who::Admin, "DELETE", "/v1/sandboxpools/only-a", None, 202).await;
+}
+
+/// Tenants whose names sanitise alike still get their own namespaces (no shared pool names).
+#[tokio::test]
+async fn look_alike_tenants_do_not_share_a_namespace() {
+    let s = Srv::default().await;
+    s.ok(&Who::Admin, "POST", "/v1/admin/sandbox-templates", Some(template("tpl", None, "")), 201).await;
+    let one = Who::Key(s.key_for("a-b", "c").await);
+    let two = Who::Key(s.key_for("a", "b-c").await);
+    let ns1 = s.ok(&one, "GET", "/v1/auth/whoami", None, 200).await["namespace"].clone();
+    let ns2 = s.ok(&two, "GET", "/v1/auth/whoami", None, 200).await["namespace"].clone();
+    assert_ne!(ns1, ns2);
+    s.ok(&one, "POST", "/v1/sandboxpools", Some(pool_body("secret-pool")), 201).await;
+    s.ok(&two, "POST", "/v1/sandboxpools", Some(pool_body("secret-pool")), 201).await;
+    // Importing a known hash for another owner is a conflict, not someone else's key.
+    let token = format!("agbx_{}", "3d".repeat(32));
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    };
+    let body = |team: &str| json!({"team": team, "user": "u", "tokenHash": hash, "hashPrefix": &hash[..16]});
+    s.ok(&Who::Admin, "POST", "/v1/admin/api-keys", Some(body("red")), 201).await;
+    assert_eq!(s.call(&Who::Admin, "POST", "/v1/admin/api-keys", Some(body("blue"))).await.status, 409);
 }

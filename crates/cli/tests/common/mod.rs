@@ -34,6 +34,8 @@ pub fn skip_unless_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return false;
     }
+    // CI runs as root: a skip there would hide an end-to-end proof, so it is a failure.
+    assert!(std::env::var_os("CI").is_none(), "{test}: needs root, and CI must run the end-to-end tests as root");
     eprintln!("SKIP: {test}: needs root (the local backend creates namespaces, cgroups, mounts and veths)");
     println!("SKIP: {test}: needs root");
     true

@@ -136,14 +136,14 @@ impl Engine {
                 Ok(r) if r.status().as_u16() < 300 => Ok(()),
                 Ok(r) => {
                     let code = r.status().as_u16();
-                    let body = r.bytes().await.map(|b| tail(&b)).unwrap_or_default();
+                    let body = r.bytes().await.map(|b| one_line(&tail(&b))).unwrap_or_default();
                     Err(if body.is_empty() {
                         format!("POST {url} returned HTTP {code}")
                     } else {
                         format!("POST {url} returned HTTP {code}: {body}")
                     })
                 }
-                Err(e) => Err(format!("POST {url} failed: {}", chain(&e))),
+                Err(e) => Err(format!("POST {url} failed: {}", error_chain(&e))),
             };
         }
         Err("the hook has neither exec nor httpPost".into())
@@ -207,8 +207,13 @@ fn tail(bytes: &[u8]) -> String {
     text.chars().skip(n.saturating_sub(TAIL_CHARS)).collect()
 }
 
+/// Whitespace runs (an HTML error page's newlines and indentation) collapsed to one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// An error and its sources, `a: b: c` (reqwest's own message hides "connection refused").
-fn chain(e: &reqwest::Error) -> String {
+pub(super) fn error_chain(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -231,7 +236,98 @@ fn hook_client() -> &'static reqwest::Client {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use agentbox_core::fake_backend::FakeBackend;
+    use agentbox_core::fake_store::MemoryStore;
+    use agentbox_core::model::{ExecHookAction, HttpPostHookAction};
+    use axum::http::{HeaderMap, StatusCode};
+    use parking_lot::Mutex;
+
     use super::*;
+    use crate::engine::EngineConfig;
+
+    fn engine() -> Arc<Engine> {
+        Engine::new(Arc::new(MemoryStore::new()), Arc::new(FakeBackend::new()), EngineConfig::default())
+    }
+
+    fn sandbox_at(ip: &str) -> Sandbox {
+        serde_json::from_value(serde_json::json!({
+            "sandboxId": "s", "namespace": "default", "poolName": "p", "podName": "p-1",
+            "status": "Starting", "claimedAt": "2026-01-01T00:00:00Z", "ip": ip
+        }))
+        .unwrap()
+    }
+
+    fn post(port: u16, path: &str) -> PostStartHookAction {
+        PostStartHookAction {
+            exec: None,
+            http_post: Some(HttpPostHookAction {
+                port: u32::from(port),
+                path: path.into(),
+                body: Some(serde_json::json!({"envVars": {"A": "1"}})),
+                headers: [("X-Token".to_string(), "t0k".to_string())].into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_post_hook_sends_json_and_headers_and_reports_bad_statuses() {
+        let seen: Arc<Mutex<Vec<(String, String, serde_json::Value)>>> = Arc::default();
+        let s2 = seen.clone();
+        let app = axum::Router::new()
+            .route(
+                "/init",
+                axum::routing::post(move |h: HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    let hv = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                    s2.lock().push((hv("x-token"), hv("content-type"), body));
+                    StatusCode::NO_CONTENT
+                }),
+            )
+            .route("/fail", axum::routing::post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom\n  line two") }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let e = engine();
+        let sb = sandbox_at("127.0.0.1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert_eq!(e.run_hook(&sb, &post(port, "/init"), deadline).await, Ok(()));
+        let got = seen.lock().clone();
+        assert_eq!(
+            got,
+            [("t0k".to_string(), "application/json".to_string(), serde_json::json!({"envVars": {"A": "1"}}))]
+        );
+        let err = e.run_hook(&sb, &post(port, "/fail"), deadline).await.unwrap_err();
+        assert_eq!(err, format!("POST http://127.0.0.1:{port}/fail returned HTTP 500: boom line two"));
+        // Nothing listens on port 1 of loopback: the connection error is spelled out.
+        let err = e.run_hook(&sb, &post(1, "/x"), deadline).await.unwrap_err();
+        assert!(
+            err.starts_with("POST http://127.0.0.1:1/x failed: ") && err.to_lowercase().contains("refused"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_never_succeeds_fails_at_the_deadline_with_its_last_error() {
+        let e = engine();
+        let mut sb = sandbox_at("127.0.0.1");
+        sb.post_start_hooks = vec![post(1, "/never")];
+        let t = Instant::now();
+        let res = e.run_post_start_hooks(&sb, t + Duration::from_millis(700)).await;
+        // The sandbox is not in the store, so it does not count as Starting: the hook never runs.
+        assert_eq!(res, Err(StartupError::Gone));
+        e.store.put_sandbox(&sb).unwrap();
+        let res = e.run_post_start_hooks(&sb, Instant::now() + Duration::from_millis(700)).await;
+        match res {
+            Err(StartupError::Hook { index: 0, error }) => assert!(error.contains("failed"), "{error}"),
+            other => panic!("expected the hook's failure, got {other:?}"),
+        }
+        let exec = PostStartHookAction { exec: Some(ExecHookAction { command: "true".into() }), http_post: None };
+        sb.post_start_hooks = vec![exec];
+        let res = e.run_post_start_hooks(&sb, Instant::now()).await;
+        assert!(matches!(res, Err(StartupError::Timeout(ref m)) if m.contains("had not started")), "{res:?}");
+    }
 
     #[test]
     fn tail_keeps_the_end_of_long_output() {

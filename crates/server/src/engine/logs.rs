@@ -477,7 +477,7 @@ impl Engine {
             return match probe_client().get(&url).send().await {
                 Ok(r) if r.status().is_success() || r.status().is_redirection() => ok,
                 Ok(r) => not(format!("probe returned HTTP {}", r.status().as_u16())),
-                Err(e) => not(format!("probe request failed: {e}")),
+                Err(e) => not(format!("probe request failed: {}", super::hooks::error_chain(&e))),
             };
         }
         if let Some(e) = &p.exec {

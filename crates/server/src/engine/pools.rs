@@ -8,7 +8,9 @@ use agentbox_core::error::{AppError, AvailableTemplateSummary, AvailableTemplate
 use agentbox_core::model::{
     AutoscalingSpec, PodCreationImagePolicy, Pool, PoolOverrides, PoolSpec, RegistryCredential, SandboxSpec, SlotPhase,
 };
-use agentbox_core::quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
+use agentbox_core::quantity::{
+    MAX_CPU_MILLIS, MAX_MEMORY_BYTES, format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes,
+};
 use agentbox_core::reconcile::{PoolCounts, PoolPhase, pool_phase};
 use agentbox_core::store::StoreError;
 use agentbox_core::validate;
@@ -155,11 +157,14 @@ pub struct PoolView {
 }
 
 fn scale_quantity(q: &mut Option<String>, m: u32, cpu: bool) -> Result<(), AppError> {
+    let too_much = || AppError::bad_request(format!("resources × resourceMultiplier {m} is more than a slot can have"));
     if let Some(v) = q {
         *v = if cpu {
-            format_cpu_millis(parse_cpu_millis(v).map_err(AppError::bad_request)? * m as u64)
+            let millis = parse_cpu_millis(v).map_err(AppError::bad_request)?.checked_mul(u64::from(m));
+            format_cpu_millis(millis.filter(|x| *x <= MAX_CPU_MILLIS).ok_or_else(too_much)?)
         } else {
-            format_memory_bytes(parse_memory_bytes(v).map_err(AppError::bad_request)? * m as u64)
+            let bytes = parse_memory_bytes(v).map_err(AppError::bad_request)?.checked_mul(u64::from(m));
+            format_memory_bytes(bytes.filter(|x| *x <= MAX_MEMORY_BYTES).ok_or_else(too_much)?)
         };
     }
     Ok(())
@@ -167,6 +172,7 @@ fn scale_quantity(q: &mut Option<String>, m: u32, cpu: bool) -> Result<(), AppEr
 
 /// The template copy with the pool's overrides applied (image → container 0, resources × N).
 pub fn apply_overrides(base: &SandboxSpec, o: &PoolOverrides) -> Result<SandboxSpec, AppError> {
+    validate::sandbox_spec(base)?;
     let mut s = base.clone();
     if let Some(img) = &o.image {
         validate::image_ref("overrides.image", img)?;
@@ -312,11 +318,29 @@ impl Engine {
     }
 
     /// Load a pool the caller may see (404 otherwise).
+    /// Admins find a pool of any namespace by name when it is not in their own and the name is
+    /// unique; a name used in several namespaces asks them to impersonate the owner.
     pub(crate) fn visible_pool(&self, auth: &AuthInfo, name: &str) -> Result<Pool, AppError> {
-        match self.store.get_pool(&auth.namespace, name)? {
-            Some(p) if auth.may_use(&p.team, &p.user) => Ok(p),
-            _ => Err(AppError::not_found(format!("pool {name:?} not found"))),
+        if let Some(p) = self.store.get_pool(&auth.namespace, name)?
+            && auth.may_use(&p.team, &p.user)
+        {
+            return Ok(p);
         }
+        if auth.is_admin() {
+            let mut found: Vec<Pool> = self.store.list_pools(None)?.into_iter().filter(|p| p.name == name).collect();
+            if found.len() == 1 {
+                return Ok(found.remove(0));
+            }
+            if found.len() > 1 {
+                let where_: Vec<String> = found.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+                return Err(AppError::conflict(format!(
+                    "pool name {name:?} is used in several namespaces ({}); act as its owner with \
+                     X-Impersonate-Team and X-Impersonate-User",
+                    where_.join(", ")
+                )));
+            }
+        }
+        Err(AppError::not_found(format!("pool {name:?} not found")))
     }
 
     pub fn get_pool(&self, auth: &AuthInfo, name: &str) -> Result<PoolView, AppError> {

@@ -714,6 +714,20 @@ impl Engine {
             let Some(q) = quotas.iter().find(|q| q.quota_url == level) else { continue };
             let limits = Limits::parse(&q.resources)
                 .map_err(|e| AppError::internal("stored quota does not parse", format!("quota {}: {e}", q.name)))?;
+            // A pool that declares no cpu/memory would be charged nothing against a quota that
+            // limits them: refuse it instead of letting it through for free.
+            for (limited, declared, what) in [
+                (limits.cpu_millis.is_some(), per_slot.cpu_millis > 0, "cpu"),
+                (limits.memory_bytes.is_some(), per_slot.memory_bytes > 0, "memory"),
+            ] {
+                if limited && !declared {
+                    return Err(AppError::bad_request(format!(
+                        "quota {:?} limits {what}: give the pool's containers {what} requests or limits \
+                         (resources.requests.{what}) so the reservation can be charged",
+                        q.quota_url
+                    )));
+                }
+            }
             let free = limits.free(usage_of(&q.quota_url, &pools).reserved);
             if !free.fits(requested) {
                 let req_summary = Limits {

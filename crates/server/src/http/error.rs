@@ -73,6 +73,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => {
                 "send a JSON body with Content-Type: application/json".to_string()
             }
+            _ if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                "request body too large: JSON bodies are limited to 16 MiB".to_string()
+            }
             _ => format!("invalid request body: {}", r.body_text()),
         };
         ApiError(AppError::bad_request(msg))

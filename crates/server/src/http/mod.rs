@@ -234,7 +234,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError(agentbox_core::error::AppError::not_found("no such route; see GET /openapi.json for the API"))
         })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::track))
-        .layer(DefaultBodyLimit::max(4 << 30))
+        // JSON bodies are small; the image upload streams its raw body and is not bound by this.
+        .layer(DefaultBodyLimit::max(16 << 20))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiJson, ApiPath, ApiResult, ErrorBody};
+use super::{AdminAuth, AppState};
 use crate::auth::AuthInfo;
 use crate::engine::{CreateQuotaRequest, QuotaView, UpdateQuotaRequest};
 
@@ -47,7 +47,7 @@ pub struct FeatureGates {
         (status = 409, body = ErrorBody, description = "name or quotaURL taken")))]
 pub async fn create_quota(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    AdminAuth(auth): AdminAuth,
     ApiJson(req): ApiJson<CreateQuotaRequest>,
 ) -> ApiResult<(StatusCode, Json<QuotaEnvelope>)> {
     Ok((StatusCode::CREATED, Json(QuotaEnvelope { quota: st.engine.create_quota(&auth, req)? })))
@@ -56,7 +56,10 @@ pub async fn create_quota(
 /// Every quota with its `used`, `reserved` and `free` resources (admin), sorted by quotaURL.
 #[utoipa::path(get, path = "/v1/admin/quotas", tag = "quotas",
     responses((status = 200, body = QuotaList), (status = 403, body = ErrorBody, description = "admin access required")))]
-pub async fn list_all_quotas(State(st): State<Arc<AppState>>, auth: AuthInfo) -> ApiResult<Json<QuotaList>> {
+pub async fn list_all_quotas(
+    State(st): State<Arc<AppState>>,
+    AdminAuth(auth): AdminAuth,
+) -> ApiResult<Json<QuotaList>> {
     let items = st.engine.list_all_quotas(&auth)?;
     Ok(Json(QuotaList { total: items.len() as u64, items }))
 }
@@ -66,7 +69,7 @@ pub async fn list_all_quotas(State(st): State<Arc<AppState>>, auth: AuthInfo) ->
     responses((status = 200, body = QuotaEnvelope), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_quota(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    AdminAuth(auth): AdminAuth,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<QuotaEnvelope>> {
     Ok(Json(QuotaEnvelope { quota: st.engine.get_quota(&auth, &name)? }))
@@ -81,7 +84,7 @@ pub async fn get_quota(
         (status = 409, body = ErrorBody, description = "stale resourceVersion, quotaURL taken, or pools charged to the old quotaURL")))]
 pub async fn update_quota(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    AdminAuth(auth): AdminAuth,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateQuotaRequest>,
 ) -> ApiResult<Json<QuotaEnvelope>> {
@@ -94,7 +97,7 @@ pub async fn update_quota(
         (status = 409, body = ErrorBody, description = "pools are charged to it (named in the message)")))]
 pub async fn delete_quota(
     State(st): State<Arc<AppState>>,
-    auth: AuthInfo,
+    AdminAuth(auth): AdminAuth,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<DeleteQuotaResult>> {
     let q = st.engine.delete_quota(&auth, &name)?;
