@@ -320,7 +320,12 @@ impl Engine {
     }
 
     fn no_idle(&self, pool: &Pool, why: &str) -> AppError {
-        let c = self.pool_counts(pool).unwrap_or_default();
+        let mut c = self.pool_counts(pool).unwrap_or_default();
+        // Slots taken from the queue by claims still committing look idle in the store: what can be
+        // claimed is what the queue holds.
+        if let Some(rt) = self.pool_rt(&(pool.namespace.clone(), pool.name.clone())) {
+            c.idle = c.idle.min(rt.queue.lock().idle_len() as u32);
+        }
         let retry = if c.stopping > 0 || c.creating > 0 { 1 } else { 5 };
         let hint = if c.stopping > 0 || c.creating > 0 {
             "slots are being recycled or created; retry shortly"
