@@ -230,3 +230,31 @@ fn pool_pulls_a_private_image_with_its_pull_secret() {
     assert_eq!(srv.sh_ok(id, "cat /etc/e2e-marker"), "private-marker");
     assert!(!srv.log_text().contains(PASSWORD), "the registry password appears in the server log");
 }
+
+#[test]
+fn exec_activity_postpones_the_idle_timeout() {
+    if common::skip_unless_root("exec_activity_postpones_the_idle_timeout") {
+        return;
+    }
+    let srv = Server::start(Opts::new(25).default_pool(1));
+    srv.wait_pool_idle("default", 1);
+    let sb = srv.claim(&json!({"poolName": "default", "idleTimeout": "2s"}));
+    let id = sb["sandboxId"].as_str().unwrap().to_string();
+    // Busy for 5 s (well past the 2 s timeout): an exec every 0.5 s keeps it alive.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        assert_eq!(srv.sh_ok(&id, "echo alive").trim(), "alive");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(srv.sandbox(&id)["status"], "Running", "exec activity postpones the idle timeout");
+    // Then quiet: released within a few seconds, with the reason and when it was last active.
+    let quiet = Instant::now();
+    let ended = srv.wait_for("the idle release", Duration::from_secs(15), || {
+        let s = srv.sandbox(&id);
+        (s["status"] == "Released").then_some(s)
+    });
+    let after = quiet.elapsed();
+    assert!(after >= Duration::from_millis(1500), "released only {after:?} after the last exec");
+    assert_eq!(ended["statusDetail"]["reason"], "IdleTimeout", "{ended}");
+    assert!(ended["statusDetail"]["message"].as_str().unwrap().contains("last active at"), "{ended}");
+}
