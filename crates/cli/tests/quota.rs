@@ -18,7 +18,9 @@ fn quota_reservations_through_the_cli() {
     let srv = Server::start(Opts::new(14));
     let dir = tempfile::tempdir().expect("tempdir");
     let pool_file = dir.path().join("pool.json");
-    std::fs::write(&pool_file, json!({"template": common::host_template(), "replicas": 1}).to_string()).unwrap();
+    let mut template = common::host_template();
+    template["containers"][0]["resources"] = json!({"requests": {"cpu": "500m", "memory": "256Mi"}});
+    std::fs::write(&pool_file, json!({"template": template, "replicas": 1}).to_string()).unwrap();
     let pool_file = pool_file.to_str().unwrap();
 
     // Create and list.
@@ -55,7 +57,7 @@ fn quota_reservations_through_the_cli() {
     let out = srv.cli(&["quota", "get", "e2e", "-o", "json"]);
     let q: Value = serde_json::from_slice(&out.stdout).expect("quota get -o json is JSON");
     assert_eq!(q["quota"]["reserved"]["sandboxes"], 1);
-    assert_eq!(q["quota"]["free"], json!({"cpu": "2", "memory": "1Gi", "sandboxes": 0}));
+    assert_eq!(q["quota"]["free"], json!({"cpu": "1500m", "memory": "768Mi", "sandboxes": 0}));
     let out = srv.cli(&["quota", "delete", "e2e"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("p1"), "stderr: {}", text(&out.stderr));

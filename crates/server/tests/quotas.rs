@@ -429,3 +429,19 @@ async fn the_api_keys_default_quota_url_is_used_when_the_reservation_names_none(
     let Resp(s, v, _) = app.call_as(&hdr, "POST", "/v1/sandboxpools", Some(pool_body("q", 1, Some(json!({}))))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }
+
+#[tokio::test]
+async fn a_pool_that_declares_no_cpu_is_not_charged_for_free() {
+    let app = TestApp::new().await;
+    app.quota("q", "org.free", json!({"cpu": "1", "sandboxes": 50})).await;
+    let mut body = pool_body("free-ride", 50, Some(json!({"quotaURL": "org.free"})));
+    body["template"]["containers"][0]["resources"] = json!({});
+    let Resp(s, v, _) = app.call("POST", "/v1/sandboxpools", Some(body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("limits cpu"), "{v}");
+    // Memory is not limited by this quota, so a pool without memory requests is fine.
+    let mut body = pool_body("ok", 1, Some(json!({"quotaURL": "org.free"})));
+    body["template"]["containers"][0]["resources"] = json!({"requests": {"cpu": "500m"}});
+    let Resp(s, v, _) = app.call("POST", "/v1/sandboxpools", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
