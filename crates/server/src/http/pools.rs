@@ -122,6 +122,7 @@ pub async fn list_pools(State(st): State<Arc<AppState>>, auth: AuthInfo) -> ApiR
 /// One pool with live status and diagnostics.
 #[utoipa::path(get, path = "/v1/sandboxpools/{name}", tag = "pools", params(("name" = String, Path)),
     responses((status = 200, body = PoolEnvelope), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "admin: the name is used in several namespaces (impersonate the owner)"),
         (status = 422, body = ErrorBody, description = "API_KEY_REQUIRED: the docs show the caller's key and it has none")))]
 pub async fn get_pool(
     State(st): State<Arc<AppState>>,
@@ -137,6 +138,7 @@ pub async fn get_pool(
 #[utoipa::path(put, path = "/v1/sandboxpools/{name}", tag = "pools", params(("name" = String, Path)),
     request_body = UpdatePoolRequest,
     responses((status = 200, body = PoolEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the pool is being deleted or changing concurrently, or (admin) its name is ambiguous"),
         (status = 429, body = ErrorBody, description = "QUOTA_EXCEEDED on scale-out")))]
 pub async fn update_pool(
     State(st): State<Arc<AppState>>,
@@ -149,7 +151,8 @@ pub async fn update_pool(
 
 /// Delete a pool: Terminating until its slots are destroyed. Running sandboxes end as Released.
 #[utoipa::path(delete, path = "/v1/sandboxpools/{name}", tag = "pools", params(("name" = String, Path)),
-    responses((status = 202, body = DeletePoolResult), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = DeletePoolResult), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "changing concurrently, or (admin) the name is ambiguous")))]
 pub async fn delete_pool(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
@@ -182,7 +185,8 @@ pub async fn sync_template(
     params(("name" = String, Path)),
     responses((status = 200, body = SyncPreview),
         (status = 400, body = ErrorBody, description = "the pool was defined inline: no template to sync"),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "admin: the name is used in several namespaces")))]
 pub async fn preview_sync(
     State(st): State<Arc<AppState>>,
     auth: AuthInfo,
