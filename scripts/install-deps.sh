@@ -28,4 +28,9 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
 fi
+# The unmodified E2B SDK, for the E2B-compatibility tests (crates/cli/tests/e2b_sdk.rs).
+if ! "$venv/bin/python" -c 'import e2b' 2>/dev/null; then
+  echo "installing e2b into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "e2b==2.53.1"
+fi
 echo "dependencies ok"

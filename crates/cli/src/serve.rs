@@ -9,6 +9,7 @@ use std::sync::Arc;
 use agentbox_core::model::{ContainerSpec, PodCreationImagePolicy, SandboxSpec, TemplateSpec};
 use agentbox_server::auth::AuthInfo;
 use agentbox_server::authn::{AuthConfig, RateLimit};
+use agentbox_server::e2b::E2bConfig;
 use agentbox_server::engine::{CreatePoolRequest, CreateTemplateRequest, Engine, EngineConfig};
 use agentbox_server::http::{AppState, router};
 use agentbox_server::keys::ServerKey;
@@ -32,10 +33,16 @@ pub struct ServeArgs {
     /// Native API address.
     #[arg(long, env = "AGENTBOX_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// E2B control API address (not served yet: see README, "Status").
+    /// E2B-compatible control API address.
     #[arg(long, env = "AGENTBOX_E2B_LISTEN", default_value = "127.0.0.1:8090")]
     pub e2b_listen: SocketAddr,
-    /// Data-plane proxy address (not served yet: see README, "Status").
+    /// The `domain` the E2B API returns for sandboxes (default: the data plane's `--proxy-listen`
+    /// host:port).
+    #[arg(long, env = "AGENTBOX_E2B_DOMAIN")]
+    pub e2b_domain: Option<String>,
+    /// Data-plane proxy address: `/sandboxes/{id}/{port}/…`, `{port}-{id}.{domain}` hosts and
+    /// `E2b-Sandbox-Id`/`-Port` headers reach ports inside sandboxes (not authenticated: see
+    /// `agentbox_server::proxy`).
     #[arg(long, env = "AGENTBOX_PROXY_LISTEN", default_value = "127.0.0.1:8092")]
     pub proxy_listen: SocketAddr,
     /// Where the store, images and slot state live (default /var/lib/agentbox).
@@ -168,12 +175,18 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     // /proc/self/exe keeps working even if the binary on disk is replaced while we run.
     cfg.libcontainer_helper = Some(PathBuf::from("/proc/self/exe"));
     let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
+    // Bound before the engine exists so sandbox endpoints carry the real (maybe ephemeral) address.
+    let proxy_listener = tokio::net::TcpListener::bind(a.proxy_listen)
+        .await
+        .with_context(|| format!("binding the data plane --proxy-listen {}", a.proxy_listen))?;
+    let proxy_addr = proxy_listener.local_addr()?;
     let engine = Engine::new(
         Arc::new(store),
         Arc::new(backend),
         EngineConfig {
             history_retention: std::time::Duration::from_secs(a.history_retention_days * 86400),
             cluster_id: a.cluster_id.clone(),
+            proxy_base_url: Some(format!("http://{proxy_addr}")),
             ..Default::default()
         },
     );
@@ -208,11 +221,24 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
              is an anonymous admin. Set --admin-key before exposing {addr} beyond this machine."
         );
     }
-    tracing::info!(
-        "E2B API ({}) and data-plane proxy ({}) are not served by this build yet",
-        a.e2b_listen,
-        a.proxy_listen
-    );
+    let e2b_listener =
+        tokio::net::TcpListener::bind(a.e2b_listen).await.with_context(|| format!("binding {}", a.e2b_listen))?;
+    let e2b_addr = e2b_listener.local_addr()?;
+    let e2b_cfg = E2bConfig { domain: Some(a.e2b_domain.clone().unwrap_or_else(|| proxy_addr.to_string())) };
+    let e2b_app = agentbox_server::e2b::router(Arc::clone(&state), e2b_cfg);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(e2b_listener, e2b_app).with_graceful_shutdown(shutdown_signal()).await {
+            tracing::error!(error = %e, "the E2B API server stopped");
+        }
+    });
+    tracing::info!(addr = %e2b_addr, "E2B API listening");
+    // Machine-readable, printed before the main line so tests waiting for that one see both.
+    println!("agentbox e2b api on http://{e2b_addr}");
+    let data_plane = agentbox_server::proxy::DataPlane::new(Arc::clone(&engine));
+    tokio::spawn(data_plane.serve(proxy_listener, shutdown_signal()));
+    tracing::info!(addr = %proxy_addr, "data plane listening (not authenticated)");
+    // Machine-readable, printed before the main line so tests waiting for that one see both.
+    println!("agentbox data plane on http://{proxy_addr}");
     tracing::info!(%addr, data_dir = %a.data_dir.display(), "agentbox listening");
     // Machine-readable line for scripts and tests that bind port 0.
     println!("agentbox listening on http://{addr}");

@@ -26,11 +26,18 @@ pub struct FakeBackend {
     logs: Mutex<BTreeMap<String, Vec<LogLine>>>,
     /// Open followers: (slot, container filter, sender); dropped when the slot is destroyed.
     followers: Mutex<Vec<Follower>>,
+    /// Every slot reports this IP instead of `10.99.x.x` (see [`FakeBackend::with_ip`]).
+    fixed_ip: Option<String>,
 }
 
 impl FakeBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// A fake whose slots all report `ip` (e.g. `127.0.0.1`, so that a data-plane test reaches a
+    /// server it runs on loopback).
+    pub fn with_ip(ip: &str) -> Self {
+        FakeBackend { fixed_ip: Some(ip.into()), ..Self::default() }
     }
     /// Simulate the main container of a slot dying.
     pub fn kill_main(&self, slot_id: &str, exit_code: i32, oom: bool) {
@@ -158,7 +165,7 @@ impl Backend for FakeBackend {
         let obs = SlotObservation {
             slot_id: spec.slot_id.clone(),
             pool: spec.pool.clone(),
-            ip: Some(format!("10.99.{}.{}", n / 250, n % 250 + 2)),
+            ip: Some(self.fixed_ip.clone().unwrap_or_else(|| format!("10.99.{}.{}", n / 250, n % 250 + 2))),
             containers: self.containers(&spec.containers),
         };
         self.slots.lock().insert(spec.slot_id.clone(), obs.clone());

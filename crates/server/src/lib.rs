@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod authn;
+pub mod e2b;
 pub mod engine;
 pub mod http;
 pub mod keys;
+pub mod proxy;

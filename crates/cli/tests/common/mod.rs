@@ -172,6 +172,12 @@ impl Server {
         if let Some(k) = &self.opts.admin_key {
             cmd.args(["--admin-key", k]);
         }
+        if !self.opts.extra_args.iter().any(|a| a == "--e2b-listen") {
+            cmd.args(["--e2b-listen", "127.0.0.1:0"]);
+        }
+        if !self.opts.extra_args.iter().any(|a| a == "--proxy-listen") {
+            cmd.args(["--proxy-listen", "127.0.0.1:0"]);
+        }
         cmd.args(&self.opts.extra_args);
         match self.opts.default_pool {
             Some(n) => {
@@ -207,6 +213,18 @@ impl Server {
             }
         }
         self.child = Some(child);
+    }
+
+    /// `http://127.0.0.1:PORT` of the E2B API of the current run (from its start-up line).
+    pub fn e2b_url(&self) -> Option<String> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter().rev().find_map(|l| l.strip_prefix("[out] agentbox e2b api on ").map(|u| u.trim().to_string()))
+    }
+
+    /// `http://127.0.0.1:PORT` of the data plane of the current run (from its start-up line).
+    pub fn proxy_url(&self) -> Option<String> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter().rev().find_map(|l| l.strip_prefix("[out] agentbox data plane on ").map(|u| u.trim().to_string()))
     }
 
     fn log_line(&self, l: String) {

@@ -1,0 +1,71 @@
+"""Drives agentbox-envd with the real E2B Python SDK (debug mode: no control API).
+
+Usage: python e2b_sdk_test.py http://127.0.0.1:PORT HOME_DIR
+Exits non-zero on the first failed check.
+"""
+import os
+import sys
+import time
+
+from e2b import Sandbox, CommandExitException
+
+url, home = sys.argv[1], sys.argv[2]
+sbx = Sandbox.connect("local", debug=True, sandbox_url=url)
+
+r = sbx.commands.run("echo hi")
+assert r.stdout == "hi\n" and r.exit_code == 0, r
+
+try:
+    sbx.commands.run("echo oops >&2; exit 3")
+    raise AssertionError("a failing command must raise")
+except CommandExitException as e:
+    assert e.exit_code == 3 and e.stderr == "oops\n", e
+
+r = sbx.commands.run("echo $FOO", envs={"FOO": "bar"})
+assert r.stdout == "bar\n", r
+r = sbx.commands.run("echo $INIT_VAR")
+assert r.stdout == "from-init\n", r  # set through POST /init by the Rust test
+
+os.makedirs(os.path.join(home, "work"), exist_ok=True)
+r = sbx.commands.run("pwd", cwd="work")
+assert r.stdout == os.path.join(home, "work") + "\n", r
+
+h = sbx.commands.run("for i in 1 2 3; do echo line$i; sleep 0.3; done", background=True)
+again = sbx.commands.connect(h.pid)
+res = again.wait()
+assert "line3" in res.stdout, res
+
+cat = sbx.commands.run("cat", background=True, stdin=True)
+sbx.commands.send_stdin(cat.pid, "ping\n")
+time.sleep(0.3)
+assert cat.pid in [p.pid for p in sbx.commands.list()]
+sbx.commands.close_stdin(cat.pid)
+out = cat.wait()
+assert out.stdout == "ping\n", out
+
+sleeper = sbx.commands.run("sleep 60", background=True)
+assert sbx.commands.kill(sleeper.pid) is True
+try:
+    sleeper.wait()
+    raise AssertionError("a killed command must not succeed")
+except CommandExitException:
+    pass
+assert sbx.commands.kill(sleeper.pid) is False  # gone: NOT_FOUND maps to False
+
+sbx.files.write("notes/a.txt", "hello")
+assert sbx.files.read("notes/a.txt") == "hello"
+blob = os.urandom(20 * 1024 * 1024)
+sbx.files.write("big.bin", blob)
+assert bytes(sbx.files.read("big.bin", format="bytes")) == blob
+assert sbx.files.exists("notes/a.txt") and not sbx.files.exists("nope")
+assert sbx.files.make_dir("d1/d2") is True
+assert sbx.files.make_dir("d1/d2") is False
+names = {e.name for e in sbx.files.list(".", depth=2)}
+assert {"notes", "a.txt", "big.bin", "d1", "d2"} <= names, names
+info = sbx.files.get_info("big.bin")
+assert info.size == len(blob), info
+sbx.files.rename("notes/a.txt", "moved/b.txt")
+assert sbx.files.read("moved/b.txt") == "hello"
+sbx.files.remove("d1")
+assert not sbx.files.exists("d1")
+print("E2B SDK OK")
