@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (e.g. sudo scripts/quickstart.sh)" >&2; exit 2; }
 scripts/install-deps.sh
-cargo build --release --locked -p agentbox
+# agentbox-envd (the in-sandbox agent for E2B commands/files) is found next to agentbox.
+cargo build --release --locked -p agentbox -p agentbox-envd
 bin=target/release/agentbox
 export AGENTBOX_ENDPOINT=http://127.0.0.1:8080
 stop_hint="the server was already running"

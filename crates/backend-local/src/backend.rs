@@ -42,6 +42,8 @@ struct Inner {
     runc: Option<Arc<Runc>>,
     /// Holds the slots' netns bind mounts outside the host mount namespace.
     netns: net::NetnsHolder,
+    /// See [`LocalBackendConfig::agent_binary`].
+    agent_binary: Option<PathBuf>,
 }
 
 /// Slots as real Linux containers on this host (see the crate docs).
@@ -141,6 +143,7 @@ impl LocalBackend {
             libcontainer,
             runc,
             netns,
+            agent_binary: cfg.agent_binary.clone(),
         });
         let i2 = inner.clone();
         blocking(move || i2.recover()).await?;
@@ -355,6 +358,7 @@ impl Inner {
                 etc_files: etc_targets(&merged, img),
                 uid,
                 gid,
+                agent_binary: self.agent_binary.as_deref(),
             });
             let cfg_path = bundle.join("config.json");
             std::fs::write(&cfg_path, serde_json::to_vec(&config).expect("spec serializes"))
@@ -372,8 +376,45 @@ impl Inner {
             let last = rec.containers.last_mut().expect("pushed above");
             last.pid = pid;
             last.start_time = start_time;
+            if index == 0 {
+                self.start_agent(rt.clone(), &slot, &id, &c.image);
+            }
         }
         Ok(())
+    }
+
+    /// Start the agent in container 0 (see [`LocalBackendConfig::agent_binary`]), through the
+    /// same path as an exec (the container's namespaces, cgroup, capabilities and seccomp), as
+    /// root with the container's env plus `HOME=/root`. The agent daemonizes itself (`--daemon`):
+    /// the exec returns once it listens, and it lives on as a child of the container's init, so
+    /// it dies (and is reaped) with the container's pid namespace. Skipped for the builtin `pause`
+    /// image (an idle placeholder without a libc). A failure is logged, not fatal: the slot still
+    /// works through the native API.
+    fn start_agent(&self, rt: Arc<dyn OciRuntime>, slot: &str, id: &str, image: &str) {
+        if self.agent_binary.is_none() || matches!(image.trim(), "pause" | "pause:latest") {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let p = ExecProcess {
+            args: vec![crate::AGENT_PATH.into(), "--port".into(), crate::AGENT_PORT.to_string(), "--daemon".into()],
+            env: vec![("HOME".into(), "/root".into())],
+            cwd: None,
+            uid: 0,
+            gid: 0,
+        };
+        match self.exec_blocking(rt, id, p, None, Duration::from_secs(10)) {
+            Ok(out) if out.exit_code == 0 => {
+                tracing::debug!(slot, id, elapsed = ?started.elapsed(), "agent started");
+            }
+            Ok(out) => warn!(
+                slot,
+                image,
+                exit_code = out.exit_code,
+                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                "the agent did not start in the container; E2B commands and files will not work in it"
+            ),
+            Err(e) => warn!(slot, image, error = %e, "cannot start the agent in the container"),
+        }
     }
 
     /// Kill and delete every container of the slot and drop their writable layers.

@@ -26,6 +26,10 @@ pub struct LocalBackendConfig {
     /// as `<binary> __libcontainer-helper ...` (see `runtime::helper`). `None` = in this process,
     /// which is only safe for single-threaded embedders; servers must set it.
     pub libcontainer_helper: Option<PathBuf>,
+    /// The in-sandbox agent (`agentbox-envd`). When set, every container gets it read-only at
+    /// [`crate::AGENT_PATH`] and the backend starts it in container 0 of every slot (after the
+    /// create and after every switch) on [`crate::AGENT_PORT`]. `None` = no agent.
+    pub agent_binary: Option<PathBuf>,
 }
 
 impl LocalBackendConfig {
@@ -39,6 +43,7 @@ impl LocalBackendConfig {
             log_max_bytes: 10 << 20,
             runc_binary: None,
             libcontainer_helper: None,
+            agent_binary: None,
         }
     }
 }
@@ -52,6 +57,7 @@ impl std::fmt::Debug for LocalBackendConfig {
             .field("log_max_bytes", &self.log_max_bytes)
             .field("runc_binary", &self.runc_binary)
             .field("libcontainer_helper", &self.libcontainer_helper)
+            .field("agent_binary", &self.agent_binary)
             .finish_non_exhaustive()
     }
 }

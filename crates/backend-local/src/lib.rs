@@ -36,6 +36,12 @@ pub use images::{ImageSource, LocalImage};
 pub use runtime::helper::{HELPER_ARG, helper_main};
 pub use spec::{BLOCKED_SYSCALLS, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 
+/// Where the agent binary ([`LocalBackendConfig::agent_binary`]) appears in every container.
+pub const AGENT_PATH: &str = "/.agentbox/envd";
+
+/// The port the agent listens on inside container 0 (E2B's envd port).
+pub const AGENT_PORT: u16 = 49983;
+
 /// Leak checks for tests and operators: what of a slot is still on the host.
 pub mod leaks {
     use std::path::{Path, PathBuf};

@@ -169,6 +169,8 @@ pub struct SpecInput<'a> {
     pub etc_files: Vec<&'static str>,
     pub uid: u32,
     pub gid: u32,
+    /// Host path of the agent binary, bound read-only at [`crate::AGENT_PATH`].
+    pub agent_binary: Option<&'a Path>,
 }
 
 fn seccomp() -> Value {
@@ -202,6 +204,9 @@ pub fn build(i: &SpecInput<'_>) -> Value {
         mounts.push(
             json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev"]}),
         );
+    }
+    if let Some(agent) = i.agent_binary {
+        mounts.push(json!({"destination": crate::AGENT_PATH, "type": "bind", "source": agent, "options": ["bind", "ro", "nosuid", "nodev"]}));
     }
     mounts.push(
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
@@ -310,7 +315,11 @@ mod tests {
             etc_files: vec!["hosts"],
             uid: 0,
             gid: 0,
+            agent_binary: Some(Path::new("/opt/agentbox-envd")),
         });
+        let agent = s["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == crate::AGENT_PATH).unwrap();
+        assert_eq!(agent["source"], "/opt/agentbox-envd");
+        assert!(agent["options"].as_array().unwrap().iter().any(|o| o == "ro"));
         assert_eq!(s["linux"]["cgroupsPath"], "/agentbox/s1/x");
         assert_eq!(s["linux"]["rootfsPropagation"], "private");
         assert!(s["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hosts"));

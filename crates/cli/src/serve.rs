@@ -85,11 +85,43 @@ pub struct ServeArgs {
     /// Bridge of the local backend.
     #[arg(long, env = "AGENTBOX_BRIDGE", default_value = "agbx0")]
     pub bridge: String,
+    /// The in-sandbox agent binary (`agentbox-envd`), started in every sandbox on port 49983 for
+    /// E2B commands and files. Default: `agentbox-envd` next to this executable, if it exists.
+    #[arg(long, env = "AGENTBOX_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
     /// Days terminal sandboxes stay in the history store.
     #[arg(long, env = "AGENTBOX_HISTORY_RETENTION_DAYS", default_value_t = 7)]
     pub history_retention_days: u64,
     #[arg(long, env = "AGENTBOX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// The agent binary: the given one (must exist), else `agentbox-envd` next to this executable
+/// if it is there, else none (with a warning).
+fn agent_binary(given: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!(
+                "--agent-binary {} does not exist: build it with `cargo build --release -p agentbox-envd`",
+                p.display()
+            );
+        }
+        return Ok(Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())));
+    }
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("agentbox-envd")));
+    match beside.filter(|p| p.is_file()) {
+        Some(p) => {
+            tracing::info!(agent = %p.display(), "using the in-sandbox agent");
+            Ok(Some(p))
+        }
+        None => {
+            tracing::warn!(
+                "no agentbox-envd next to the agentbox binary and no --agent-binary: sandboxes run without the \
+                 agent, so E2B commands and files will not work"
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -174,6 +206,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     cfg.bridge_name = a.bridge.clone();
     // /proc/self/exe keeps working even if the binary on disk is replaced while we run.
     cfg.libcontainer_helper = Some(PathBuf::from("/proc/self/exe"));
+    cfg.agent_binary = agent_binary(a.agent_binary.as_deref())?;
     let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
     // Bound before the engine exists so sandbox endpoints carry the real (maybe ephemeral) address.
     let proxy_listener = tokio::net::TcpListener::bind(a.proxy_listen)

@@ -18,17 +18,80 @@ struct Args {
     /// Use this directory as every user's home (relative paths and default cwd).
     #[arg(long)]
     home: Option<std::path::PathBuf>,
+    /// Detach: fork, start a new session, point stdio at /dev/null, and let the parent exit
+    /// (status 0) once the agent listens, or (status 1, reason on stderr) if it cannot start.
+    /// Used by the local backend, which starts the agent through a waited-for exec.
+    #[arg(long)]
+    daemon: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ready = if args.daemon { Some(daemonize()?) } else { None };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(args, ready))
+}
+
+async fn run(args: Args, ready: Option<std::io::PipeWriter>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let listener = match tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(mut w) = ready {
+                let _ = write!(w, "agentbox-envd: cannot listen on {}:{}: {e}", args.host, args.port);
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(addr = %listener.local_addr()?, "agentbox-envd listening");
+    if let Some(mut w) = ready {
+        w.write_all(b"ok")?;
+    }
     let config = agentbox_envd::Config { default_user: args.default_user, home_override: args.home };
     agentbox_envd::serve(listener, config).await?;
     Ok(())
+}
+
+/// Fork. The parent waits for the child's word on a pipe and exits with it; the child returns
+/// the pipe's write end (write `ok` once listening, else the reason).
+#[allow(unsafe_code)]
+fn daemonize() -> anyhow::Result<std::io::PipeWriter> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (mut r, w) = std::io::pipe()?;
+    let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    // SAFETY: no other thread exists yet (the runtime and logging start after this), so the
+    // child may run arbitrary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error().into()),
+        0 => {
+            drop(r);
+            // SAFETY: setsid and dup2 on fds we own; stdio now points at /dev/null, so the
+            // caller's pipes see EOF when the parent exits.
+            unsafe {
+                libc::setsid();
+                for fd in 0..=2 {
+                    libc::dup2(devnull.as_raw_fd(), fd);
+                }
+            }
+            drop(devnull);
+            Ok(w)
+        }
+        _ => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = r.read_to_string(&mut msg);
+            if msg == "ok" {
+                std::process::exit(0);
+            }
+            if msg.is_empty() {
+                msg = "agentbox-envd: the agent exited before it listened".into();
+            }
+            eprintln!("{msg}");
+            std::process::exit(1);
+        }
+    }
 }
