@@ -31,9 +31,15 @@ fn load(url: String, stop: Arc<AtomicBool>, held: Arc<Mutex<BTreeMap<String, Str
         };
         match to_delete {
             Some(id) => {
-                if let Ok(r) = http.delete(format!("{url}/v1/sandboxes/{id}")).send() {
+                match http.delete(format!("{url}/v1/sandboxes/{id}")).send() {
                     // 202: the release is durable (Stopping), whatever happens next.
-                    if r.status().as_u16() == 202 || r.status().as_u16() == 404 {
+                    Ok(r) if r.status().as_u16() == 202 || r.status().as_u16() == 404 => {
+                        held.lock().unwrap().remove(&id);
+                    }
+                    Ok(_) => {}
+                    // No answer (the server was killed mid-request): the delete may or may not have
+                    // been committed, so the sandbox is no longer one we know is held.
+                    Err(_) => {
                         held.lock().unwrap().remove(&id);
                     }
                 }

@@ -61,7 +61,11 @@ fn lifecycle_hooks_readiness_and_startup_timeouts() {
     assert_eq!(sb["status"], "Running", "{v}");
     assert!(took >= Duration::from_millis(900), "the server starts 1 s after the container; create took {took:?}");
     let url = sb["endpoints"]["web"]["url"].as_str().unwrap_or_else(|| panic!("no endpoint url: {v}")).to_string();
-    assert_eq!(url, format!("http://{}:8000", sb["ip"].as_str().unwrap()), "{v}");
+    assert_eq!(
+        url,
+        format!("{}/sandboxes/{id}/8000", srv.proxy_url().expect("data plane address")),
+        "the endpoint is on the data plane: {v}"
+    );
     let r = srv.http.get(&url).send().expect("GET the endpoint right after the 201");
     assert_eq!(r.status().as_u16(), 200, "the runtime answers as soon as the create did");
     assert_eq!(sb["postStartHooks"], hooks, "{v}");
