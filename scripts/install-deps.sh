@@ -28,9 +28,10 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
 fi
-# The unmodified E2B SDK, for the E2B-compatibility tests (crates/cli/tests/e2b_sdk.rs).
-if ! "$venv/bin/python" -c 'import e2b' 2>/dev/null; then
-  echo "installing e2b into $venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "e2b==2.53.1"
+# The unmodified E2B SDK, its path-routing patch and pytest, for the E2B-compatibility tests
+# (crates/cli/tests/e2b_sdk.rs, e2b_suite.rs, agent_injection.rs).
+if ! "$venv/bin/python" -c 'import e2b, agent_sandbox_e2b, pytest' 2>/dev/null; then
+  echo "installing e2b, agent-sandbox-e2b and pytest into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "e2b==2.53.1" "agent-sandbox-e2b==0.0.13" "pytest==9.2.0"
 fi
 echo "dependencies ok"
