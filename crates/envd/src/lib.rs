@@ -17,11 +17,7 @@ pub use server::{Config, router};
 
 /// Serves the agent on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let app = router(config).layer(axum::extract::DefaultBodyLimit::disable());
     // Small streamed frames (process events) must not wait for Nagle / delayed ACK (~40 ms each).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     axum::serve(listener, app).await
 }

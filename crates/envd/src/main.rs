@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args, ready: Option<std::io::PipeWriter>) -> anyhow::Result<()> {
     use std::io::Write;
-    let listener = match tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await {
+    let listener = match listen(&args.host, args.port).await {
         Ok(l) => l,
         Err(e) => {
             if let Some(mut w) = ready {
@@ -53,6 +53,20 @@ async fn run(args: Args, ready: Option<std::io::PipeWriter>) -> anyhow::Result<(
     let config = agentbox_envd::Config { default_user: args.default_user, home_override: args.home };
     agentbox_envd::serve(listener, config).await?;
     Ok(())
+}
+
+/// Bind with TCP_NODELAY on the listening socket (Linux passes it on to accepted connections):
+/// small streamed frames (process events) must not wait for Nagle / delayed ACK (~40 ms each).
+async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no address for {host}")))?;
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.set_nodelay(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
 }
 
 /// Fork. The parent waits for the child's word on a pipe and exits with it; the child returns
@@ -77,7 +91,12 @@ fn daemonize() -> anyhow::Result<std::io::PipeWriter> {
                     libc::dup2(devnull.as_raw_fd(), fd);
                 }
             }
-            drop(devnull);
+            // If a standard stream was closed when we started, /dev/null took its number: keep it.
+            if devnull.as_raw_fd() > 2 {
+                drop(devnull);
+            } else {
+                std::mem::forget(devnull);
+            }
             Ok(w)
         }
         _ => {
