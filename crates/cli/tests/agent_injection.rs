@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::{Opts, Server};
 use serde_json::{Value, json};
 
-const PYTHON: &str = "/opt/agentbox-test-venv/bin/python";
 const PORT: u16 = 49983;
 
 /// `agentbox-envd` next to the `agentbox` binary under test (where `serve` looks by default),
@@ -206,20 +205,15 @@ fn e2b_sdk_runs_commands_and_files_through_the_agent() {
     if common::skip_unless_root("e2b_sdk_runs_commands_and_files_through_the_agent") {
         return;
     }
-    let has_sdk = Path::new(PYTHON).exists()
-        && Command::new(PYTHON).args(["-c", "import e2b"]).output().is_ok_and(|o| o.status.success());
-    if !has_sdk {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide the e2b SDK in {PYTHON}");
-        eprintln!("SKIP: e2b_sdk_runs_commands_and_files_through_the_agent: {PYTHON} with e2b==2.53.1 is missing");
-        println!("SKIP: e2b_sdk_runs_commands_and_files_through_the_agent: the e2b SDK venv is missing");
+    let Some(python) = common::sdk_python("e2b_sdk_runs_commands_and_files_through_the_agent", &["e2b"]) else {
         return;
-    }
+    };
     ensure_agent_binary();
     let srv = Server::start(Opts::new(31).default_pool(1));
     srv.wait_pool_idle("default", 1);
     let e2b = srv.e2b_url().expect("the server printed its E2B API address");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2b_sdk/agent.py");
-    let out = Command::new(PYTHON)
+    let out = Command::new(python)
         .arg(script)
         .arg("default")
         .env("E2B_API_URL", &e2b)

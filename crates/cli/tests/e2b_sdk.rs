@@ -3,31 +3,21 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::{Opts, Server};
-
-const PYTHON: &str = "/opt/agentbox-test-venv/bin/python";
 
 #[test]
 fn e2b_sdk_control_plane() {
     if common::skip_unless_root("e2b_sdk_control_plane") {
         return;
     }
-    let has_sdk = Path::new(PYTHON).exists()
-        && Command::new(PYTHON).args(["-c", "import e2b"]).output().is_ok_and(|o| o.status.success());
-    if !has_sdk {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide the e2b SDK in {PYTHON}");
-        eprintln!("SKIP: e2b_sdk_control_plane: {PYTHON} with e2b==2.53.1 is missing (scripts/install-deps.sh)");
-        println!("SKIP: e2b_sdk_control_plane: the e2b SDK venv is missing");
-        return;
-    }
+    let Some(python) = common::sdk_python("e2b_sdk_control_plane", &["e2b"]) else { return };
     let srv = Server::start(Opts::new(28).default_pool(1));
     srv.wait_pool_idle("default", 1);
     let e2b = srv.e2b_url().expect("the server printed its E2B API address");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2b_sdk/control_plane.py");
-    let out = Command::new(PYTHON)
+    let out = Command::new(python)
         .arg(script)
         .arg("default")
         .env("E2B_API_URL", &e2b)

@@ -9,18 +9,11 @@ use std::process::Command;
 
 use common::{Opts, Server};
 
-const PYTHON: &str = "/opt/agentbox-test-venv/bin/python";
-
-fn has(module: &str) -> bool {
-    Path::new(PYTHON).exists()
-        && Command::new(PYTHON).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn run_suite(srv: &Server, mode: &str) {
+fn run_suite(python: &str, srv: &Server, mode: &str) {
     let e2b = srv.e2b_url().expect("the server printed its E2B API address");
     let proxy = srv.proxy_url().expect("the server printed its data plane address");
     let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2b_sdk/test_sdk_suite.py");
-    let out = Command::new(PYTHON)
+    let out = Command::new(python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", suite])
         .env("AGENTBOX_E2B_MODE", mode)
         .env("AGENTBOX_POOL", "default")
@@ -46,11 +39,11 @@ fn e2b_sdk_suite_unpatched_and_patched() {
     if common::skip_unless_root("e2b_sdk_suite_unpatched_and_patched") {
         return;
     }
-    if !(has("e2b") && has("agent_sandbox_e2b") && has("pytest")) {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide e2b, agent-sandbox-e2b and pytest in {PYTHON}");
-        println!("SKIP: e2b_sdk_suite_unpatched_and_patched: run scripts/install-deps.sh for the SDK venv");
+    let Some(python) =
+        common::sdk_python("e2b_sdk_suite_unpatched_and_patched", &["e2b", "agent_sandbox_e2b", "pytest"])
+    else {
         return;
-    }
+    };
     // The server runs the agent found next to its own binary.
     let agent = Path::new(env!("CARGO_BIN_EXE_agentbox")).with_file_name("agentbox-envd");
     if !agent.is_file() {
@@ -64,7 +57,7 @@ fn e2b_sdk_suite_unpatched_and_patched() {
     }
     let srv = Server::start(Opts::new(32).default_pool(3));
     srv.wait_pool_idle("default", 3);
-    run_suite(&srv, "unpatched");
+    run_suite(python, &srv, "unpatched");
     srv.wait_pool_idle("default", 3);
-    run_suite(&srv, "patched");
+    run_suite(python, &srv, "patched");
 }

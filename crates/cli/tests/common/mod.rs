@@ -715,3 +715,21 @@ pub fn host_template() -> Value {
         "containers": [{ "name": "main", "image": "host", "command": ["sleep", "infinity"] }]
     })
 }
+
+/// The Python of the test virtualenv (scripts/install-deps.sh) when it can import every module in
+/// `modules`; `None` (with a visible `SKIP:` line) otherwise. In CI a missing module is a failure.
+pub fn sdk_python(test: &str, modules: &[&str]) -> Option<&'static str> {
+    const PYTHON: &str = "/opt/agentbox-test-venv/bin/python";
+    let import = format!("import {}", modules.join(", "));
+    let ok = Path::new(PYTHON).exists()
+        && Command::new(PYTHON).args(["-c", &import]).output().is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(PYTHON);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must provide {modules:?} in {PYTHON} (scripts/install-deps.sh)"
+    );
+    println!("SKIP: {test}: {PYTHON} cannot import {modules:?}; run scripts/install-deps.sh");
+    None
+}
