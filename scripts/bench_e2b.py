@@ -4,8 +4,11 @@ Usage (against a running `agentbox serve` in dev mode with a warm `default` pool
   /opt/agentbox-test-venv/bin/python scripts/bench_e2b.py NATIVE_URL E2B_URL DATA_PLANE_URL [N]
 
 Measures, on one sandbox, N round trips of `true`:
-  - native: POST /v1/sandboxes/{id}/exec (the server's exec path into the container), over HTTP/1.1
-    keep-alive from this process;
+  - native: POST /v1/sandboxes/{id}/exec, which runs the command through the sandbox's agent, over
+    HTTP/1.1 keep-alive from this process;
+  - native, runtime exec (the baseline: the skeleton's direct exec): the same call naming the main
+    container explicitly, which makes the server use the backend's exec (a runtime exec into the
+    container's namespaces) instead of the agent;
   - agent, raw: one Connect `process.Process/Start` server stream through the data plane (the wire the
     SDK uses, without the SDK's own overhead);
   - agent, SDK: `sandbox.commands.run("true")` with the e2b SDK (includes the SDK's Python overhead);
@@ -55,7 +58,17 @@ for _ in range(n):
     r = client.post(f"{native}/v1/sandboxes/{sid}/exec", json={"command": ["true"]})
     t.append(time.perf_counter() - t0)
     assert r.status_code == 200 and r.json()["exitCode"] == 0, r.text
-results.append(summary("native exec `true`", t))
+results.append(summary("native exec `true` (through the agent)", t))
+
+main = sorted(client.get(f"{native}/v1/sandboxes/{sid}").json()["sandbox"]["containerImages"])[0]
+client.post(f"{native}/v1/sandboxes/{sid}/exec", json={"command": ["true"], "container": main}).raise_for_status()
+t = []
+for _ in range(n):
+    t0 = time.perf_counter()
+    r = client.post(f"{native}/v1/sandboxes/{sid}/exec", json={"command": ["true"], "container": main})
+    t.append(time.perf_counter() - t0)
+    assert r.status_code == 200 and r.json()["exitCode"] == 0, r.text
+results.append(summary("native exec `true`, runtime exec (baseline)", t))
 
 # The Connect wire: an enveloped JSON StartRequest, read the stream to its end frame.
 body = json.dumps({"process": {"cmd": "/bin/sh", "args": ["-c", "true"], "envs": {}}}).encode()

@@ -92,6 +92,14 @@ fn tail_lines(container: &str, tail: &logs::Tail) -> Vec<LogLine> {
     out
 }
 
+/// How long [`Backend::ensure_agent`] waits for the agent to accept a connection.
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether something accepts a TCP connection at `addr` within [`AGENT_PROBE_TIMEOUT`].
+async fn agent_accepts(addr: std::net::SocketAddr) -> bool {
+    matches!(tokio::time::timeout(AGENT_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+}
+
 fn find_in_path(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.is_file())).or_else(
         || ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(bin)).find(|p| p.is_file()),
@@ -383,18 +391,37 @@ impl Inner {
         Ok(())
     }
 
-    /// Start the agent in container 0 (see [`LocalBackendConfig::agent_binary`]), through the
-    /// same path as an exec (the container's namespaces, cgroup, capabilities and seccomp), as
-    /// root with the container's env plus `HOME=/root`. The agent daemonizes itself (`--daemon`):
-    /// the exec returns once it listens, and it lives on as a child of the container's init, so
-    /// it dies (and is reaped) with the container's pid namespace. Skipped for the builtin `pause`
-    /// image (an idle placeholder without a libc). A failure is logged, not fatal: the slot still
-    /// works through the native API.
+    /// Start the agent in container 0 (see [`LocalBackendConfig::agent_binary`]) after a create or
+    /// switch. A failure is logged, not fatal: the slot still works through the native API.
     fn start_agent(&self, rt: Arc<dyn OciRuntime>, slot: &str, id: &str, image: &str) {
-        if self.agent_binary.is_none() || matches!(image.trim(), "pause" | "pause:latest") {
+        if !self.runs_agent(image) {
             return;
         }
         let started = std::time::Instant::now();
+        match self.exec_agent(rt, id) {
+            Ok(()) => tracing::debug!(slot, id, elapsed = ?started.elapsed(), "agent started"),
+            Err(e) => warn!(
+                slot,
+                image,
+                error = %e,
+                "the agent did not start in the container; E2B commands and files will not work in it"
+            ),
+        }
+    }
+
+    /// Whether containers of `image` get the agent: one is configured and the image is not the
+    /// builtin `pause` (an idle placeholder without a libc).
+    fn runs_agent(&self, image: &str) -> bool {
+        self.agent_binary.is_some() && !matches!(image.trim(), "pause" | "pause:latest")
+    }
+
+    /// Run `/.agentbox/envd --port 49983 --daemon` in container `id` through the same path as an
+    /// exec (the container's namespaces, cgroup, capabilities and seccomp), as root with the
+    /// container's env plus `HOME=/root`. The agent daemonizes itself: the exec returns once it
+    /// listens (exit 0), and it lives on as a child of the container's init, so it dies (and is
+    /// reaped) with the container's pid namespace. Err carries the agent's own reason (e.g. the
+    /// port is taken: another agent already listens).
+    fn exec_agent(&self, rt: Arc<dyn OciRuntime>, id: &str) -> Result<()> {
         let p = ExecProcess {
             args: vec![crate::AGENT_PATH.into(), "--port".into(), crate::AGENT_PORT.to_string(), "--daemon".into()],
             env: vec![("HOME".into(), "/root".into())],
@@ -402,19 +429,14 @@ impl Inner {
             uid: 0,
             gid: 0,
         };
-        match self.exec_blocking(rt, id, p, None, Duration::from_secs(10)) {
-            Ok(out) if out.exit_code == 0 => {
-                tracing::debug!(slot, id, elapsed = ?started.elapsed(), "agent started");
-            }
-            Ok(out) => warn!(
-                slot,
-                image,
-                exit_code = out.exit_code,
-                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-                "the agent did not start in the container; E2B commands and files will not work in it"
-            ),
-            Err(e) => warn!(slot, image, error = %e, "cannot start the agent in the container"),
+        let out = self.exec_blocking(rt, id, p, None, Duration::from_secs(10))?;
+        if out.exit_code == 0 {
+            return Ok(());
         }
+        Err(LocalError::Runtime {
+            runtime: "agent",
+            message: format!("exit code {}: {}", out.exit_code, String::from_utf8_lossy(&out.stderr).trim()),
+        })
     }
 
     /// Kill and delete every container of the slot and drop their writable layers.
@@ -546,6 +568,7 @@ impl Inner {
                     state: self.container_state(slot, c),
                 })
                 .collect(),
+            failure: None,
         }
     }
 
@@ -836,6 +859,57 @@ impl Backend for LocalBackend {
         req: &agentbox_core::backend::PtyRequest,
     ) -> Result<agentbox_core::backend::PtySession, BackendError> {
         Ok(self.exec_pty_inner(slot_id, req).await?)
+    }
+
+    /// Connect to the agent's port from the host (at most 500 ms); when nothing
+    /// accepts and container 0 runs an image that gets the agent, start the agent again (as after
+    /// a create) and return `Ok(true)` once it listens. The slot's lock is held throughout, so
+    /// concurrent calls for one slot start one agent; a start that fails because another agent
+    /// already listens counts as `Ok(false)`.
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn ensure_agent(&self, slot_id: &str) -> Result<bool, BackendError> {
+        let handle = self.handle(slot_id)?;
+        let rec = handle.lock().await;
+        let Some(c) = rec.containers.first() else { return Ok(false) };
+        if !self.inner.runs_agent(&c.image) || !self.inner.container_state(slot_id, c).is_running() {
+            return Ok(false);
+        }
+        let ip: Ipv4Addr = rec.ip.parse().map_err(|_| LocalError::Invalid(format!("bad ip {}", rec.ip)))?;
+        let addr = std::net::SocketAddr::from((ip, crate::AGENT_PORT));
+        if agent_accepts(addr).await {
+            return Ok(false);
+        }
+        let (rt, id, inner) = (self.inner.runtime(rec.runtime)?, c.container_id.clone(), self.inner.clone());
+        match blocking(move || inner.exec_agent(rt, &id)).await {
+            Ok(()) => {
+                info!(slot = slot_id, "the agent did not answer; started it again");
+                Ok(true)
+            }
+            Err(_) if agent_accepts(addr).await => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read from the slot's cgroup (see [`cgroup::slot_usage`]) and the writable layers of its
+    /// containers (walked, at most [`cgroup::DISK_WALK_MAX_ENTRIES`] entries); the disk total is
+    /// the size of the filesystem of the state directory, which the slot shares with the host.
+    async fn slot_stats(&self, slot_id: &str) -> Result<agentbox_core::backend::SlotStats, BackendError> {
+        let handle = self.handle(slot_id)?;
+        let uppers: Vec<PathBuf> = {
+            let rec = handle.lock().await;
+            rec.containers
+                .iter()
+                .map(|c| crate::rootfs::RootfsDirs::new(&self.inner.layout.container_dir(slot_id, c.index)).upper)
+                .collect()
+        };
+        let (slot, root) = (slot_id.to_owned(), self.inner.layout.root.clone());
+        Ok(blocking(move || {
+            let usage = cgroup::slot_usage(&slot);
+            let disk_used = cgroup::disk_usage(&uppers, cgroup::DISK_WALK_MAX_ENTRIES);
+            let disk_total = cgroup::filesystem_bytes(&root);
+            Ok(cgroup::to_slot_stats(&usage, cgroup::host_cpus(), cgroup::host_memory_bytes(), disk_used, disk_total))
+        })
+        .await?)
     }
 
     async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {

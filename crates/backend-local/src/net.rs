@@ -103,6 +103,19 @@ pub fn veth_name(ip: Ipv4Addr) -> String {
     format!("ab{:08x}", u32::from(ip))
 }
 
+/// The MAC address that goes with an IP on the bridge: locally administered unicast `02:ab:` +
+/// the four IP bytes. Slot `eth0`s and the bridge itself get theirs from it, so an address never
+/// changes its MAC. With random MACs, a slot created on the IP of a just-destroyed slot was
+/// unreachable from the host for up to ~50 s: the host's neighbour entry for the IP still pointed
+/// at the old slot's MAC (REACHABLE for 15–45 s, then 5 s of DELAY before a probe), so the data
+/// plane's SYNs were dropped while the agent listened fine inside. Likewise a bridge without a
+/// set address takes the lowest MAC of its ports and changes it when that port goes, which leaves
+/// every slot's cached gateway MAC stale.
+pub fn mac_of(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:ab:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 fn run_ip_batch(cmds: &str, force: bool) -> Result<()> {
     let mut cmd = Command::new("ip");
     if force {
@@ -174,7 +187,13 @@ pub fn ensure_host_network(bridge: &str, subnet: Subnet) -> Result<()> {
     if !host_iface_exists(bridge) {
         cmds.push_str(&format!("link add name {bridge} type bridge\n"));
     }
-    cmds.push_str(&format!("addr replace {}/{} dev {bridge}\nlink set {bridge} up\n", subnet.gateway(), subnet.prefix));
+    // A set address stays put when ports come and go (see `mac_of`).
+    cmds.push_str(&format!(
+        "link set {bridge} address {mac}\naddr replace {gw}/{prefix} dev {bridge}\nlink set {bridge} up\n",
+        mac = mac_of(subnet.gateway()),
+        gw = subnet.gateway(),
+        prefix = subnet.prefix
+    ));
     // -force: a concurrent creator may have won the race for `link add`; checked right below.
     run_ip_batch(&cmds, true)?;
     if !host_iface_exists(bridge) {
@@ -371,7 +390,8 @@ fn create_slot_net_inner(n: &SlotNet<'_>) -> Result<()> {
     std::fs::File::create(n.netns).map_err(LocalError::io(format!("create {}", n.netns.display())))?;
     let host_pid = std::process::id();
     let batch = format!(
-        "link set lo up\nlink add eth0 type veth peer name {veth} netns {host_pid}\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+        "link set lo up\nlink add eth0 address {mac} type veth peer name {veth} netns {host_pid}\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+        mac = mac_of(n.ip),
         veth = n.veth,
         ip = n.ip,
         prefix = n.subnet.prefix,
@@ -491,5 +511,7 @@ mod tests {
         assert!(Subnet::parse("10.0.0.0").is_err());
         assert!(Subnet::parse("10.0.0.0/31").is_err());
         assert_eq!(veth_name(Ipv4Addr::new(10, 213, 0, 2)), "ab0ad50002");
+        assert_eq!(mac_of(Ipv4Addr::new(10, 213, 0, 2)), "02:ab:0a:d5:00:02");
+        assert_ne!(mac_of(s.gateway()), mac_of(Ipv4Addr::new(10, 213, 0, 2)));
     }
 }

@@ -105,7 +105,12 @@ impl Client {
 
     /// `GET` a streaming endpoint: the response once its status is a success (errors as [`ApiError`]).
     pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response> {
-        let resp = self.request(Method::GET, path).send().await.map_err(|e| {
+        self.stream(self.request(Method::GET, path)).await
+    }
+
+    /// Sends a request to a streaming endpoint: the response once its status is a success.
+    pub async fn stream(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = rb.send().await.map_err(|e| {
             anyhow!(
                 "cannot reach the agentbox server at {}: {e}\nstart it with `agentbox serve` or set AGENTBOX_ENDPOINT",
                 self.base

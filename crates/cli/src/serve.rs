@@ -89,6 +89,13 @@ pub struct ServeArgs {
     /// E2B commands and files. Default: `agentbox-envd` next to this executable, if it exists.
     #[arg(long, env = "AGENTBOX_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,
+    /// `--backend kubernetes`: the image whose `--k8s-agent-binary` an init container copies into
+    /// every slot Pod (the agentbox server image has it). Unset: sandboxes run without the agent.
+    #[arg(long, env = "AGENTBOX_K8S_AGENT_IMAGE")]
+    pub k8s_agent_image: Option<String>,
+    /// `--backend kubernetes`: path of the static `agentbox-envd` inside `--k8s-agent-image`.
+    #[arg(long, env = "AGENTBOX_K8S_AGENT_BINARY", default_value = "/usr/local/bin/agentbox-envd")]
+    pub k8s_agent_binary: String,
     /// Days terminal sandboxes stay in the history store.
     #[arg(long, env = "AGENTBOX_HISTORY_RETENTION_DAYS", default_value_t = 7)]
     pub history_retention_days: u64,
@@ -96,22 +103,35 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
-/// The agent binary: the given one (must exist), else `agentbox-envd` next to this executable
-/// if it is there, else none (with a warning).
+/// The agent binary: the given one (must exist); else the static build of this checkout
+/// (`scripts/build-agent.sh` puts it in `target/x86_64-unknown-linux-gnu/<profile>/` when this
+/// executable is `target/<profile>/agentbox`) unless the one beside this executable is newer;
+/// else `agentbox-envd` next to this executable; else none (with a warning).
 fn agent_binary(given: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
     if let Some(p) = given {
         if !p.is_file() {
             bail!(
-                "--agent-binary {} does not exist: build it with `cargo build --release -p agentbox-envd`",
+                "--agent-binary {} does not exist: build it with `scripts/build-agent.sh` (static) or \
+                 `cargo build --release -p agentbox-envd`",
                 p.display()
             );
         }
-        return Ok(Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())));
+        let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        log_agent(&p);
+        return Ok(Some(p));
     }
-    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("agentbox-envd")));
-    match beside.filter(|p| p.is_file()) {
+    let exe = std::env::current_exe().ok();
+    let beside = exe.as_ref().and_then(|e| e.parent().map(|d| d.join("agentbox-envd"))).filter(|p| p.is_file());
+    let static_build = exe.as_deref().and_then(static_build_of).filter(|p| p.is_file());
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let pick = match (static_build, beside) {
+        (Some(s), Some(b)) if modified(&s) >= modified(&b) => Some(s),
+        (Some(s), None) => Some(s),
+        (_, b) => b,
+    };
+    match pick {
         Some(p) => {
-            tracing::info!(agent = %p.display(), "using the in-sandbox agent");
+            log_agent(&p);
             Ok(Some(p))
         }
         None => {
@@ -122,6 +142,47 @@ fn agent_binary(given: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
             Ok(None)
         }
     }
+}
+
+/// Where `scripts/build-agent.sh` leaves the static agent for the executable `target/<profile>/agentbox`.
+fn static_build_of(exe: &std::path::Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    Some(dir.parent()?.join("x86_64-unknown-linux-gnu").join(dir.file_name()?).join("agentbox-envd"))
+}
+
+fn log_agent(p: &std::path::Path) {
+    match elf_is_static(p) {
+        Some(true) => tracing::info!(agent = %p.display(), "using the in-sandbox agent (static: runs in any image)"),
+        _ => tracing::info!(
+            agent = %p.display(),
+            "using the in-sandbox agent (dynamically linked: it runs only in images with glibc; build a static one \
+             with scripts/build-agent.sh)"
+        ),
+    }
+}
+
+/// Whether the ELF file at `p` is statically linked (no `PT_INTERP` program header); `None` when it
+/// is not a 64-bit little-endian ELF file.
+fn elf_is_static(p: &std::path::Path) -> Option<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut h = [0u8; 64];
+    f.read_exact(&mut h).ok()?;
+    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let phoff = u64::from_le_bytes(h[0x20..0x28].try_into().ok()?);
+    let phentsize = u64::from(u16::from_le_bytes([h[0x36], h[0x37]]));
+    let phnum = u16::from_le_bytes([h[0x38], h[0x39]]);
+    for i in 0..u64::from(phnum) {
+        f.seek(SeekFrom::Start(phoff + i * phentsize)).ok()?;
+        let mut t = [0u8; 4];
+        f.read_exact(&mut t).ok()?;
+        if u32::from_le_bytes(t) == 3 {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 fn init_tracing(format: LogFormat) {
@@ -158,11 +219,24 @@ pub fn default_template() -> TemplateSpec {
     }
 }
 
-async fn ensure_defaults(engine: &Arc<Engine>, size: u32) -> Result<()> {
+/// The zero-config template on Kubernetes: a public Python image that idles on itself (a Pod keeps
+/// its command across an in-place image switch, so the idle image must accept the workload's
+/// command; the same image makes the release switch a no-op).
+pub fn default_kubernetes_template() -> TemplateSpec {
+    let mut t = default_template();
+    t.description = "Python 3.12 (docker.io/library/python:3.12-slim), idle on the same image.".into();
+    t.sandbox.idle_image = "docker.io/library/python:3.12-slim".into();
+    t.sandbox.containers[0].image = "docker.io/library/python:3.12-slim".into();
+    t
+}
+
+async fn ensure_defaults(engine: &Arc<Engine>, size: u32, template: TemplateSpec) -> Result<()> {
     let admin = AuthInfo::dev_admin();
     if engine.list_templates(&admin)?.iter().all(|t| t.name != "default") {
-        engine.create_template(CreateTemplateRequest { name: "default".into(), spec: default_template() })?;
-        tracing::info!("created template `default` (image host, idle image pause)");
+        let images =
+            format!("image {}, idle image {}", template.sandbox.containers[0].image, template.sandbox.idle_image);
+        engine.create_template(CreateTemplateRequest { name: "default".into(), spec: template })?;
+        tracing::info!("created template `default` ({images})");
     }
     if engine.list_pools(&admin)?.iter().all(|p| p.name != "default") {
         engine.create_pool(
@@ -182,9 +256,6 @@ async fn ensure_defaults(engine: &Arc<Engine>, size: u32) -> Result<()> {
 
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     init_tracing(a.log_format);
-    if a.backend == BackendKind::Kubernetes {
-        bail!("the kubernetes backend is not available in this build yet; use --backend local (the default)");
-    }
     if a.clusters_config.is_some() {
         bail!("--clusters-config is not supported by this build yet (multi-cluster routing comes with the gateway)");
     }
@@ -194,20 +265,16 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     if a.jwt_secret.as_deref().is_some_and(|k| k.len() < 16) {
         bail!("--jwt-secret is too short: use at least 16 characters");
     }
-    if effective_uid() != 0 {
+    if a.backend == BackendKind::Local && effective_uid() != 0 {
         bail!("the local backend needs root (namespaces, cgroups, overlay mounts, veth): run `sudo agentbox serve`");
     }
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating data dir {}", a.data_dir.display()))?;
     let store = agentbox_store_sqlite::SqliteStore::open(&a.data_dir.join("agentbox.db"))
         .with_context(|| format!("opening the store in {}", a.data_dir.display()))?;
-    let images = agentbox_images::ImageStore::open(&a.data_dir.join("images")).context("opening the image store")?;
-    let mut cfg = agentbox_backend_local::LocalBackendConfig::new(a.data_dir.join("local"), images.clone());
-    cfg.subnet = a.subnet.clone();
-    cfg.bridge_name = a.bridge.clone();
-    // /proc/self/exe keeps working even if the binary on disk is replaced while we run.
-    cfg.libcontainer_helper = Some(PathBuf::from("/proc/self/exe"));
-    cfg.agent_binary = agent_binary(a.agent_binary.as_deref())?;
-    let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
+    let (backend, images, agent_port) = match a.backend {
+        BackendKind::Local => local_backend(&a).await?,
+        BackendKind::Kubernetes => kubernetes_backend(&a).await?,
+    };
     // Bound before the engine exists so sandbox endpoints carry the real (maybe ephemeral) address.
     let proxy_listener = tokio::net::TcpListener::bind(a.proxy_listen)
         .await
@@ -215,17 +282,22 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     let proxy_addr = proxy_listener.local_addr()?;
     let engine = Engine::new(
         Arc::new(store),
-        Arc::new(backend),
+        backend,
         EngineConfig {
             history_retention: std::time::Duration::from_secs(a.history_retention_days * 86400),
             cluster_id: a.cluster_id.clone(),
             proxy_base_url: Some(format!("http://{proxy_addr}")),
+            agent_port,
             ..Default::default()
         },
     );
     engine.start().await.map_err(|e| anyhow::anyhow!("recovering state: {e}"))?;
     if !a.no_default_pool {
-        ensure_defaults(&engine, a.default_pool_size).await?;
+        let template = match a.backend {
+            BackendKind::Local => default_template(),
+            BackendKind::Kubernetes => default_kubernetes_template(),
+        };
+        ensure_defaults(&engine, a.default_pool_size, template).await?;
     }
     let server_key = ServerKey::load_or_create(&a.data_dir.join("server.key"))
         .with_context(|| format!("loading the server key {}", a.data_dir.join("server.key").display()))?;
@@ -241,7 +313,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         }),
     };
     let dev_mode = auth_cfg.admin_key.is_none();
-    let state = AppState::with_auth(Arc::clone(&engine), Some(images), auth_cfg);
+    let state = AppState::with_auth(Arc::clone(&engine), images, auth_cfg);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
     if dev_mode {
@@ -281,6 +353,49 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `run` needs of a backend: the backend, the image store of the image endpoints (local
+/// only: on Kubernetes the kubelet pulls images), and the agent's port when sandboxes have one.
+type BackendParts = (Arc<dyn agentbox_core::backend::Backend>, Option<agentbox_images::ImageStore>, Option<u16>);
+
+/// The local container backend in the data dir.
+async fn local_backend(a: &ServeArgs) -> Result<BackendParts> {
+    let images = agentbox_images::ImageStore::open(&a.data_dir.join("images")).context("opening the image store")?;
+    let mut cfg = agentbox_backend_local::LocalBackendConfig::new(a.data_dir.join("local"), images.clone());
+    cfg.subnet = a.subnet.clone();
+    cfg.bridge_name = a.bridge.clone();
+    // /proc/self/exe keeps working even if the binary on disk is replaced while we run.
+    cfg.libcontainer_helper = Some(PathBuf::from("/proc/self/exe"));
+    cfg.agent_binary = agent_binary(a.agent_binary.as_deref())?;
+    let agent_port = cfg.agent_binary.is_some().then_some(agentbox_backend_local::AGENT_PORT);
+    let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
+    Ok((Arc::new(backend), Some(images), agent_port))
+}
+
+/// The Kubernetes backend: connect with `KUBECONFIG` / `~/.kube/config` / the in-cluster service
+/// account, and check that the API answers and the CRDs are installed; fail fast and say what to
+/// do when not.
+async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
+    let cfg = agentbox_backend_k8s::KubeBackendConfig {
+        agent: a.k8s_agent_image.as_ref().map(|image| agentbox_backend_k8s::AgentInjection {
+            image: image.clone(),
+            binary: a.k8s_agent_binary.clone(),
+        }),
+        // Pools live in the store, not yet as SandboxPool objects: slot Pods have no owner.
+        require_pool_object: false,
+        ..Default::default()
+    };
+    if cfg.agent.is_none() {
+        tracing::warn!(
+            "no --k8s-agent-image: sandboxes run without the in-sandbox agent, so E2B commands and files will not work"
+        );
+    }
+    let agent_port = cfg.agent.is_some().then_some(agentbox_backend_k8s::pod::AGENT_PORT);
+    let backend = agentbox_backend_k8s::KubeBackend::connect(cfg)
+        .await
+        .context("cannot use --backend kubernetes (use --backend local to run sandboxes on this host)")?;
+    Ok((Arc::new(backend), None, agent_port))
+}
+
 fn effective_uid() -> u32 {
     // Read from /proc to avoid an unsafe libc call in this crate.
     std::fs::read_to_string("/proc/self/status")
@@ -297,5 +412,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_build_sits_in_the_target_triple_dir_of_the_same_profile() {
+        assert_eq!(
+            static_build_of(std::path::Path::new("/w/target/release/agentbox")),
+            Some(PathBuf::from("/w/target/x86_64-unknown-linux-gnu/release/agentbox-envd"))
+        );
+    }
+
+    #[test]
+    fn elf_linkage_is_read_from_the_program_headers() {
+        // busybox-static (a test dependency) is static; the test binary itself is dynamic.
+        if std::path::Path::new("/bin/busybox").is_file() {
+            assert_eq!(elf_is_static(std::path::Path::new("/bin/busybox")), Some(true));
+        }
+        assert_eq!(elf_is_static(&std::env::current_exe().unwrap()), Some(false));
+        assert_eq!(elf_is_static(std::path::Path::new("/etc/hostname")), None);
     }
 }

@@ -182,13 +182,10 @@ fn agent_runs_in_every_sandbox_and_dies_with_it() {
     });
     srv.delete_pool_and_wait("sw");
 
-    // The runc runtime starts the agent through `runc exec` the same way. KNOWN DEFECT (issue #5
-    // note): under load the agent of a runc slot sometimes never answers; until it is diagnosed this
-    // part runs only with AGENTBOX_TEST_AGENT_RUNC=1, so it cannot make CI flaky.
-    let runc_part = std::env::var_os("AGENTBOX_TEST_AGENT_RUNC").is_some();
-    if !runc_part {
-        println!("SKIP (part): the agent under runc is a known intermittent defect; set AGENTBOX_TEST_AGENT_RUNC=1");
-    } else if ["/usr/sbin/runc", "/usr/bin/runc"].iter().any(|p| Path::new(p).exists()) {
+    // The runc runtime starts the agent through `runc exec` the same way. Its slot reuses the IP of
+    // the `sw` slot the data plane just talked to: this once failed intermittently (the host's
+    // neighbour entry still held the old slot's MAC; slots now get a MAC derived from their IP).
+    if ["/usr/sbin/runc", "/usr/bin/runc"].iter().any(|p| Path::new(p).exists()) {
         let mut template = common::host_template();
         template["runtimeClass"] = json!("runc");
         srv.create_pool(

@@ -40,6 +40,13 @@ pub struct SlotObservation {
     /// The slot's IP, reachable from the host (local backend) or the cluster.
     pub ip: Option<String>,
     pub containers: Vec<ContainerObservation>,
+    /// Why the slot as a whole ended or is going away, as `(reason, message)` (e.g. `("Evicted",
+    /// "The node was low on resource: memory.")`, `("Deleted", ...)`), when the backend knows more
+    /// than the main container's exit. `None` while healthy, and always on backends that cannot tell
+    /// (the local backend). The core prefers it over the container-derived reason when failing the
+    /// sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<(String, String)>,
 }
 
 impl SlotObservation {
@@ -157,6 +164,27 @@ pub struct PtySession {
     pub exit: tokio::sync::oneshot::Receiver<i32>,
 }
 
+/// Resource usage of one slot at one instant (its cgroup and its writable layers on the local
+/// backend). A snapshot: rates such as CPU percent are computed by the caller from two snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SlotStats {
+    /// CPU time used by the slot's processes, cumulative since the slot's cgroup was created
+    /// (it survives switches), in microseconds. Only differences between two reads are meaningful.
+    pub cpu_usage_usec: u64,
+    /// CPUs the slot may use: its CPU limit rounded up, or the host's CPUs when it has none (>= 1).
+    pub cpu_count: u32,
+    /// Memory in use, without reclaimable page cache (the "working set"), in bytes.
+    pub mem_used_bytes: u64,
+    /// Page cache charged to the slot, in bytes.
+    pub mem_cache_bytes: u64,
+    /// The slot's memory limit, or the host's memory when it has none, in bytes.
+    pub mem_total_bytes: u64,
+    /// Bytes written by the slot's containers (their writable layers); 0 when not measured.
+    pub disk_used_bytes: u64,
+    /// Size of the filesystem the writable layers live on, in bytes; 0 when not measured.
+    pub disk_total_bytes: u64,
+}
+
 /// A followed log (like `tail -f`): the last lines first, then every new line as it is written,
 /// until the receiver is dropped or the slot goes away.
 pub type LogFollow = tokio::sync::mpsc::Receiver<LogLine>;
@@ -177,6 +205,10 @@ pub enum BackendError {
     Invalid(String),
     #[error("runtime error: {0}")]
     Runtime(String),
+    /// Another claimer won the race for the slot (compare-and-set failed): requeue the request and
+    /// take another slot. Never a user-facing error by itself.
+    #[error("slot claimed concurrently: {0}")]
+    Conflict(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -233,9 +265,46 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported(format!("{} backend cannot follow logs", self.name())))
     }
 
+    /// Resource usage of the slot now (see [`SlotStats`]). `SlotNotFound` for an unknown slot.
+    async fn slot_stats(&self, slot_id: &str) -> Result<SlotStats, BackendError> {
+        let _ = slot_id;
+        Err(BackendError::Unsupported(format!(
+            "the {} backend does not report per-sandbox resource usage; use the Prometheus metrics at GET /metrics",
+            self.name()
+        )))
+    }
+
     /// Start an interactive process with a terminal in a container of the slot.
     async fn exec_pty(&self, slot_id: &str, req: &PtyRequest) -> Result<PtySession, BackendError> {
         let _ = (slot_id, req);
         Err(BackendError::Unsupported(format!("{} backend has no interactive terminals", self.name())))
+    }
+
+    /// Make sure the in-sandbox agent (port 49983) answers in the slot: when it does not, start it
+    /// again. `Ok(true)` = it was (re)started just now and answers; `Ok(false)` = nothing was
+    /// started (it already answered, the slot has no agent, or the backend cannot restart agents,
+    /// which is this default). Concurrent calls for one slot start at most one agent.
+    async fn ensure_agent(&self, slot_id: &str) -> Result<bool, BackendError> {
+        let _ = slot_id;
+        Ok(false)
+    }
+
+    /// Record in the backend that `slot_id` now belongs to `sandbox_id`, atomically: the call
+    /// succeeds for exactly one of several concurrent claimers of an idle slot (in this process or
+    /// in another server replica); the others get [`BackendError::Conflict`] and must requeue and
+    /// take another slot. Called by the claim path after picking an idle slot and before
+    /// [`Backend::switch`]. `Ok` when the slot is already claimed by the same `sandbox_id` (a
+    /// retry). Backends whose slots only this process sees (local, fake) need nothing: default `Ok`.
+    async fn mark_claimed(&self, slot_id: &str, sandbox_id: &str) -> Result<(), BackendError> {
+        let _ = (slot_id, sandbox_id);
+        Ok(())
+    }
+
+    /// Record that `slot_id` is idle again and belongs to no sandbox; called by the release path
+    /// after the slot was switched back to its idle image, before the slot is offered to claims.
+    /// Idempotent; a missing slot is `Ok`. Default: nothing to record.
+    async fn mark_released(&self, slot_id: &str) -> Result<(), BackendError> {
+        let _ = slot_id;
+        Ok(())
     }
 }

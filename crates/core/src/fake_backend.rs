@@ -2,7 +2,8 @@
 //!
 //! Images whose reference starts with `broken` fail to prepare, like an image that cannot be pulled.
 //! `exec` (recorded in `calls` as `exec SLOT ARGV...`) understands `exit N` and `sh -c "exit N"`
-//! and otherwise echoes its argv joined by spaces.
+//! and otherwise echoes its argv joined by spaces. `slot_stats` reports fixed usage (see
+//! [`FakeBackend::FAKE_STATS`]) whose CPU counter advances 50 ms on every read.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +29,40 @@ pub struct FakeBackend {
     followers: Mutex<Vec<Follower>>,
     /// Every slot reports this IP instead of `10.99.x.x` (see [`FakeBackend::with_ip`]).
     fixed_ip: Option<String>,
+    /// Usage by slot (see [`FakeBackend::set_stats`]); absent = [`FakeBackend::FAKE_STATS`].
+    stats: Mutex<BTreeMap<String, SlotStats>>,
+    /// What `ensure_agent` does (see [`FakeBackend::on_ensure_agent`]); absent = `Ok(false)`.
+    agent_hook: Mutex<Option<AgentHook>>,
 }
 
+/// See [`FakeBackend::on_ensure_agent`].
+type AgentHook = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 impl FakeBackend {
+    /// What `slot_stats` reports for a slot until [`FakeBackend::set_stats`] says otherwise.
+    pub const FAKE_STATS: SlotStats = SlotStats {
+        cpu_usage_usec: 0,
+        cpu_count: 1,
+        mem_used_bytes: 64 << 20,
+        mem_cache_bytes: 16 << 20,
+        mem_total_bytes: 512 << 20,
+        disk_used_bytes: 1 << 20,
+        disk_total_bytes: 10 << 30,
+    };
+    /// CPU time `slot_stats` adds to a slot's counter on every read (as if it burned 50 ms).
+    pub const CPU_USEC_PER_READ: u64 = 50_000;
+
+    /// Report `stats` for the slot from now on (its CPU counter still advances on every read).
+    pub fn set_stats(&self, slot_id: &str, stats: SlotStats) {
+        self.stats.lock().insert(slot_id.into(), stats);
+    }
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Make `ensure_agent` (recorded in `calls` as `ensure_agent SLOT`) run `hook` with the slot
+    /// id and answer `Ok(hook(slot))` (true = "the agent was started again").
+    pub fn on_ensure_agent(&self, hook: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.agent_hook.lock() = Some(std::sync::Arc::new(hook));
     }
     /// A fake whose slots all report `ip` (e.g. `127.0.0.1`, so that a data-plane test reaches a
     /// server it runs on loopback).
@@ -109,6 +139,14 @@ impl Backend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
     }
+    async fn ensure_agent(&self, slot_id: &str) -> Result<bool, BackendError> {
+        if !self.slots.lock().contains_key(slot_id) {
+            return Err(BackendError::SlotNotFound(slot_id.into()));
+        }
+        self.calls.lock().push(format!("ensure_agent {slot_id}"));
+        let hook = self.agent_hook.lock().clone();
+        Ok(hook.is_some_and(|h| h(slot_id)))
+    }
     /// Echoes input back as output, reports a resize as the line `[resize COLSxROWS]`, ends with
     /// code N at a line `exit N`, and with code 129 (hung up) on `Close` or when the input is dropped.
     async fn exec_pty(&self, slot_id: &str, req: &PtyRequest) -> Result<PtySession, BackendError> {
@@ -167,6 +205,7 @@ impl Backend for FakeBackend {
             pool: spec.pool.clone(),
             ip: Some(self.fixed_ip.clone().unwrap_or_else(|| format!("10.99.{}.{}", n / 250, n % 250 + 2))),
             containers: self.containers(&spec.containers),
+            failure: None,
         };
         self.slots.lock().insert(spec.slot_id.clone(), obs.clone());
         Ok(obs)
@@ -234,11 +273,21 @@ impl Backend for FakeBackend {
         self.calls.lock().push(format!("destroy {slot_id}"));
         self.slots.lock().remove(slot_id);
         self.logs.lock().remove(slot_id);
+        self.stats.lock().remove(slot_id);
         self.followers.lock().retain(|(slot, _, _)| slot != slot_id);
         Ok(())
     }
     async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
         self.stored_logs(slot_id, container, lines)
+    }
+    async fn slot_stats(&self, slot_id: &str) -> Result<SlotStats, BackendError> {
+        if !self.slots.lock().contains_key(slot_id) {
+            return Err(BackendError::SlotNotFound(slot_id.into()));
+        }
+        let mut stats = self.stats.lock();
+        let s = stats.entry(slot_id.into()).or_insert(Self::FAKE_STATS);
+        s.cpu_usage_usec += Self::CPU_USEC_PER_READ;
+        Ok(s.clone())
     }
     async fn follow_logs(
         &self,
@@ -295,5 +344,35 @@ mod pty_tests {
         let s = b.exec_pty("s", &req).await.unwrap();
         drop(s.input);
         assert_eq!(s.exit.await.unwrap(), 129);
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fake_stats_advance_cpu_and_follow_set_stats() {
+        let b = FakeBackend::new();
+        assert!(matches!(b.slot_stats("nope").await, Err(BackendError::SlotNotFound(_))));
+        let spec = SlotSpec {
+            slot_id: "s".into(),
+            pool: "p".into(),
+            namespace: "default".into(),
+            runtime: Default::default(),
+            containers: vec![ContainerSpec { name: "main".into(), image: "host".into(), ..Default::default() }],
+            resources: Default::default(),
+            egress: true,
+            registry_credentials: vec![],
+        };
+        b.create_slot(&spec).await.unwrap();
+        let a = b.slot_stats("s").await.unwrap();
+        let c = b.slot_stats("s").await.unwrap();
+        assert_eq!(c.cpu_usage_usec - a.cpu_usage_usec, FakeBackend::CPU_USEC_PER_READ);
+        assert_eq!(a.mem_total_bytes, FakeBackend::FAKE_STATS.mem_total_bytes);
+        b.set_stats("s", SlotStats { mem_used_bytes: 7, ..FakeBackend::FAKE_STATS });
+        assert_eq!(b.slot_stats("s").await.unwrap().mem_used_bytes, 7);
+        b.destroy_slot("s").await.unwrap();
+        assert!(matches!(b.slot_stats("s").await, Err(BackendError::SlotNotFound(_))));
     }
 }

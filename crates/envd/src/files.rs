@@ -1,12 +1,14 @@
 //! `GET /files` (streamed download) and `POST /files` (streamed upload, multipart or
-//! `application/octet-stream`), with envd's user and path semantics.
+//! `application/octet-stream`), with envd's user and path semantics and its gzip support:
+//! a download is gzip-encoded when `Accept-Encoding` prefers gzip, and an upload with
+//! `Content-Encoding: gzip` (multipart or octet-stream) is decompressed while it streams.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -29,8 +31,63 @@ fn io_error(e: &std::io::Error, path: &Path) -> Response {
     http_error(io_status(e), format!("{}: {e}", path.display()))
 }
 
-/// `GET /files?path=&username=`: the file's bytes, streamed.
-pub async fn download(State(st): State<Arc<AppState>>, Query(q): Query<FilesQuery>) -> Response {
+/// Content codings of `/files` transfers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// No transformation.
+    Identity,
+    /// gzip (RFC 1952).
+    Gzip,
+}
+
+/// The coding of an upload body (`Content-Encoding`); `Err` names an unsupported coding.
+pub fn content_coding(headers: &HeaderMap) -> Result<Coding, String> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else { return Ok(Coding::Identity) };
+    let raw = v.to_str().unwrap_or("");
+    match raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(Coding::Identity),
+        "gzip" | "x-gzip" => Ok(Coding::Gzip),
+        _ => Err(format!("unsupported Content-Encoding {raw:?}: send gzip or identity")),
+    }
+}
+
+/// The coding a download should use given `Accept-Encoding` (RFC 9110 §12.5.3), as envd
+/// chooses: gzip when listed with a weight above 0 and at least identity's, identity when the
+/// header is absent or prefers it (`*` alone means identity), and `Err` when identity is
+/// refused and gzip is not acceptable either.
+pub fn accepted_coding(headers: &HeaderMap) -> Result<Coding, String> {
+    let Some(v) = headers.get(header::ACCEPT_ENCODING) else { return Ok(Coding::Identity) };
+    let raw = v.to_str().unwrap_or("");
+    let (mut gzip, mut identity, mut star): (Option<f32>, Option<f32>, Option<f32>) = (None, None, None);
+    for item in raw.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match name.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "identity" => identity = Some(q),
+            "*" => star = Some(q),
+            _ => {}
+        }
+    }
+    let gzip_q = gzip.unwrap_or(0.0);
+    let identity_q = identity.or(star.filter(|q| *q == 0.0)).unwrap_or(1.0);
+    if gzip_q > 0.0 && gzip_q >= identity_q {
+        Ok(Coding::Gzip)
+    } else if identity_q > 0.0 {
+        Ok(Coding::Identity)
+    } else if star.is_some_and(|q| q > 0.0) {
+        Ok(Coding::Gzip)
+    } else {
+        Err(format!("no acceptable encoding in Accept-Encoding {raw:?}: accept gzip or identity"))
+    }
+}
+
+/// `GET /files?path=&username=`: the file's bytes, streamed (gzip-encoded when preferred).
+pub async fn download(State(st): State<Arc<AppState>>, Query(q): Query<FilesQuery>, headers: HeaderMap) -> Response {
     let user = st.user_named(q.username.as_deref());
     let Some(path) = q.path.filter(|p| !p.is_empty()) else {
         return http_error(StatusCode::BAD_REQUEST, "query parameter path is required");
@@ -46,11 +103,35 @@ pub async fn download(State(st): State<Arc<AppState>>, Query(q): Query<FilesQuer
         Ok(m) => {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let disposition = format!("attachment; filename=\"{}\"", name.replace('"', ""));
+            let coding = match accepted_coding(&headers) {
+                Ok(c) => c,
+                Err(e) => return http_error(StatusCode::NOT_ACCEPTABLE, e),
+            };
+            if coding == Coding::Gzip {
+                // Fastest level: the transfer, not the ratio, is what callers wait for.
+                let reader = tokio::io::BufReader::with_capacity(64 * 1024, file);
+                let gz = async_compression::tokio::bufread::GzipEncoder::with_quality(
+                    reader,
+                    async_compression::Level::Fastest,
+                );
+                let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(gz, 64 * 1024));
+                return (
+                    [
+                        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                        (header::CONTENT_ENCODING, "gzip".to_string()),
+                        (header::VARY, "Accept-Encoding".to_string()),
+                        (header::CONTENT_DISPOSITION, disposition),
+                    ],
+                    body,
+                )
+                    .into_response();
+            }
             let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
             (
                 [
                     (header::CONTENT_TYPE, "application/octet-stream".to_string()),
                     (header::CONTENT_LENGTH, m.len().to_string()),
+                    (header::VARY, "Accept-Encoding".to_string()),
                     (header::CONTENT_DISPOSITION, disposition),
                 ],
                 body,
@@ -58,6 +139,20 @@ pub async fn download(State(st): State<Arc<AppState>>, Query(q): Query<FilesQuer
                 .into_response()
         }
     }
+}
+
+/// Replaces a gzip-encoded request body with its decompressed stream (concatenated gzip
+/// members allowed); a corrupt body surfaces as an error of the body stream.
+fn gunzip_body(req: Request) -> Request {
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let compressed =
+        tokio_util::io::StreamReader::new(body.into_data_stream().map(|r| r.map_err(std::io::Error::other)));
+    let mut gz = async_compression::tokio::bufread::GzipDecoder::new(compressed);
+    gz.multiple_members(true);
+    let plain = tokio_util::io::ReaderStream::with_capacity(gz, 64 * 1024);
+    Request::from_parts(parts, Body::from_stream(plain))
 }
 
 async fn create_for(user: &User, path: &Path) -> std::io::Result<tokio::fs::File> {
@@ -80,10 +175,18 @@ fn write_info(path: &Path) -> serde_json::Value {
 /// of `{name, type, path}`.
 pub async fn upload(State(st): State<Arc<AppState>>, Query(q): Query<FilesQuery>, req: Request) -> Response {
     let user = st.user_named(q.username.as_deref());
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    if req.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
-        return http_error(StatusCode::BAD_REQUEST, "compressed uploads are not supported: upload without gzip");
+    if let Some(h) = req.headers().keys().find(|k| k.as_str().starts_with("x-metadata-")) {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            format!("file metadata ({h}) is not supported by agentbox's agent: upload without metadata"),
+        );
     }
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let req = match content_coding(req.headers()) {
+        Ok(Coding::Identity) => req,
+        Ok(Coding::Gzip) => gunzip_body(req),
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, e),
+    };
     let query_path = q.path.filter(|p| !p.is_empty());
     if ct.starts_with("multipart/form-data") {
         let mut mp = match Multipart::from_request(req, &()).await {
@@ -153,5 +256,39 @@ pub async fn upload(State(st): State<Arc<AppState>>, Query(q): Query<FilesQuery>
             return io_error(&e, &path);
         }
         axum::Json(vec![write_info(&path)]).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(name: header::HeaderName, v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(name, v.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn accept_encoding_picks_gzip_like_envd() {
+        let ae = |v| accepted_coding(&h(header::ACCEPT_ENCODING, v));
+        assert_eq!(accepted_coding(&HeaderMap::new()), Ok(Coding::Identity));
+        assert_eq!(ae("gzip"), Ok(Coding::Gzip));
+        assert_eq!(ae("gzip, deflate, br"), Ok(Coding::Gzip));
+        assert_eq!(ae("br"), Ok(Coding::Identity));
+        assert_eq!(ae("identity;q=1, gzip;q=0.5"), Ok(Coding::Identity));
+        assert_eq!(ae("gzip;q=0"), Ok(Coding::Identity));
+        assert_eq!(ae("*"), Ok(Coding::Identity));
+        assert_eq!(ae("identity;q=0, *"), Ok(Coding::Gzip));
+        assert!(ae("identity;q=0, br").is_err());
+    }
+
+    #[test]
+    fn content_encoding_accepts_gzip_and_identity_only() {
+        let ce = |v| content_coding(&h(header::CONTENT_ENCODING, v));
+        assert_eq!(content_coding(&HeaderMap::new()), Ok(Coding::Identity));
+        assert_eq!(ce("identity"), Ok(Coding::Identity));
+        assert_eq!(ce("GZIP"), Ok(Coding::Gzip));
+        assert!(ce("br").unwrap_err().contains("unsupported Content-Encoding"));
     }
 }

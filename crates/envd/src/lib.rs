@@ -12,6 +12,7 @@ pub mod proto;
 mod pty;
 pub mod server;
 pub mod users;
+pub mod watch;
 
 pub use server::{Config, router};
 

@@ -6,7 +6,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "agentbox-envd", version)]
 struct Args {
-    /// Address to listen on.
+    /// IP address to listen on (no host names).
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
     /// Port to listen on (E2B clients use 49983).
@@ -57,11 +57,13 @@ async fn run(args: Args, ready: Option<std::io::PipeWriter>) -> anyhow::Result<(
 
 /// Bind with TCP_NODELAY on the listening socket (Linux passes it on to accepted connections):
 /// small streamed frames (process events) must not wait for Nagle / delayed ACK (~40 ms each).
+/// `host` must be an IP address: resolving names would pull in glibc's NSS, which a static
+/// agent cannot load in an image without glibc.
 async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    let addr = tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no address for {host}")))?;
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--host {host:?} is not an IP address"))
+    })?;
+    let addr = std::net::SocketAddr::new(ip, port);
     let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     sock.set_reuseaddr(true)?;
     sock.set_nodelay(true)?;

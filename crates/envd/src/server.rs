@@ -19,6 +19,7 @@ use crate::process::{EventRx, ProcessManager};
 use crate::proto::filesystem as fsp;
 use crate::proto::process as pp;
 use crate::users::{Users, resolve_path};
+use crate::watch::{DirWatcher, WatchSpec, WatcherRegistry};
 
 /// Agent settings.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +35,7 @@ pub struct AppState {
     users: RwLock<Users>,
     env: RwLock<HashMap<String, String>>,
     processes: Arc<ProcessManager>,
+    watchers: WatcherRegistry,
 }
 
 type S = State<Arc<AppState>>;
@@ -56,6 +58,7 @@ pub fn router(config: Config) -> Router {
         }),
         env: RwLock::new(HashMap::new()),
         processes: Arc::new(ProcessManager::default()),
+        watchers: WatcherRegistry::default(),
     });
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
@@ -74,10 +77,10 @@ pub fn router(config: Config) -> Router {
         .route("/filesystem.Filesystem/Move", post(fs_move))
         .route("/filesystem.Filesystem/ListDir", post(fs_list_dir))
         .route("/filesystem.Filesystem/Remove", post(fs_remove))
-        .route("/filesystem.Filesystem/WatchDir", post(watch_unimplemented))
-        .route("/filesystem.Filesystem/CreateWatcher", post(unary_unimplemented))
-        .route("/filesystem.Filesystem/GetWatcherEvents", post(unary_unimplemented))
-        .route("/filesystem.Filesystem/RemoveWatcher", post(unary_unimplemented))
+        .route("/filesystem.Filesystem/WatchDir", post(watch_dir))
+        .route("/filesystem.Filesystem/CreateWatcher", post(create_watcher))
+        .route("/filesystem.Filesystem/GetWatcherEvents", post(get_watcher_events))
+        .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
         .with_state(state)
 }
 
@@ -150,10 +153,16 @@ where
 }
 
 async fn start(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
-    let (codec, req) = match connect::stream_request::<pp::StartRequest>(&headers, &body) {
+    let (codec, mut req) = match connect::stream_request::<pp::StartRequest>(&headers, &body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
+    if headers.contains_key(crate::users::INHERIT_CWD_HEADER)
+        && let Some(p) = req.process.as_mut()
+        && p.cwd.as_deref().is_none_or(str::is_empty)
+    {
+        p.cwd = std::env::current_dir().ok().map(|d| d.to_string_lossy().into_owned());
+    }
     let user = st.user_from(&headers);
     match st.processes.start(req, &user, &st.env()) {
         Ok(rx) => connect::stream_response(
@@ -316,17 +325,44 @@ async fn fs_remove(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     .await
 }
 
-const WATCH_MISSING: &str = "directory watching is not implemented by agentbox-envd yet: poll with ListDir instead";
-
-async fn watch_unimplemented(headers: HeaderMap) -> Response {
-    match connect::stream_codec(&headers) {
-        Ok(codec) => connect::stream_error(codec, ConnectError::new(Code::Unimplemented, WATCH_MISSING)),
-        Err(e) => e.into_response(),
+async fn watch_dir(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let (codec, req) = match connect::stream_request::<fsp::WatchDirRequest>(&headers, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let user = st.user_from(&headers);
+    let spec = WatchSpec::from_request(resolve_path(&user, &req.path), &req);
+    match DirWatcher::open(spec).await {
+        Ok(w) => {
+            let ka = keepalive_interval(&headers).unwrap_or(crate::watch::DEFAULT_KEEPALIVE);
+            connect::stream_response(codec, crate::watch::watch_stream(w, ka))
+        }
+        Err(e) => connect::stream_error(codec, e),
     }
 }
 
-async fn unary_unimplemented() -> Response {
-    ConnectError::new(Code::Unimplemented, WATCH_MISSING).into_response()
+async fn create_watcher(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let user = st.user_from(&headers);
+    connect::unary(&headers, &body, |req: fsp::WatchDirRequest| async move {
+        let spec = WatchSpec::from_request(resolve_path(&user, &req.path), &req);
+        Ok(fsp::WatcherId { watcher_id: st.watchers.create(spec).await? })
+    })
+    .await
+}
+
+async fn get_watcher_events(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    connect::unary(&headers, &body, |req: fsp::WatcherId| async move {
+        Ok(fsp::GetWatcherEventsResponse { events: st.watchers.take_events(&req.watcher_id)? })
+    })
+    .await
+}
+
+async fn remove_watcher(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    connect::unary(&headers, &body, |req: fsp::WatcherId| async move {
+        st.watchers.remove(&req.watcher_id)?;
+        Ok(fsp::Empty {})
+    })
+    .await
 }
 
 /// Query of `/files`.

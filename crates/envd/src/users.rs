@@ -73,11 +73,47 @@ impl Users {
         user
     }
 
-    /// The account named by an `Authorization: Basic base64(user:)` header.
+    /// The account named by an `Authorization: Basic base64(user:)` header, or by agentbox's
+    /// own `X-Agentbox-User: uid[:gid]` (numeric ids, as the native exec API takes them; it
+    /// wins over the Basic header).
     pub fn from_headers(&self, headers: &HeaderMap) -> User {
+        if let Some(ids) = headers.get(NUMERIC_USER_HEADER).and_then(|v| v.to_str().ok())
+            && let Some(user) = self.numeric(ids)
+        {
+            return user;
+        }
         self.resolve(basic_user(headers).as_deref())
     }
+
+    /// `uid` or `uid:gid`: the passwd entry of that uid when there is one (its name and home;
+    /// its primary group unless a gid is given), else a nameless account with home `/`.
+    pub fn numeric(&self, ids: &str) -> Option<User> {
+        let (uid, gid) = match ids.trim().split_once(':') {
+            Some((u, g)) => (u.parse::<u32>().ok()?, Some(g.parse::<u32>().ok()?)),
+            None => (ids.trim().parse::<u32>().ok()?, None),
+        };
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let known = passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| parse_passwd(line, f[0])).flatten()
+        });
+        let mut user = known.unwrap_or_else(|| User { name: uid.to_string(), uid, gid: uid, home: PathBuf::from("/") });
+        if let Some(g) = gid {
+            user.gid = g;
+        }
+        if let Some(home) = &self.home_override {
+            user.home = home.clone();
+        }
+        Some(user)
+    }
 }
+
+/// Header naming the user by numeric `uid[:gid]` (an agentbox extension for the native API).
+pub const NUMERIC_USER_HEADER: &str = "x-agentbox-user";
+
+/// Header asking that a process started without a `cwd` run in the agent's own working
+/// directory (the container's, as the native exec API defines it) instead of the user's home.
+pub const INHERIT_CWD_HEADER: &str = "x-agentbox-inherit-cwd";
 
 /// The user name in a Basic authorization header.
 pub fn basic_user(headers: &HeaderMap) -> Option<String> {
@@ -118,6 +154,19 @@ mod tests {
     use super::*;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n";
+
+    #[test]
+    fn numeric_ids_name_known_and_unknown_accounts() {
+        let users = Users { default_user: "root".into(), home_override: None };
+        let root = users.numeric("0").expect("uid 0");
+        assert_eq!((root.name.as_str(), root.uid, root.gid), ("root", 0, 0), "uid 0 is root in /etc/passwd");
+        let anon = users.numeric("54321:7").expect("uid:gid");
+        assert_eq!((anon.uid, anon.gid, anon.home.as_path()), (54321, 7, Path::new("/")));
+        assert!(users.numeric("root").is_none() && users.numeric("1:x").is_none(), "names are not numeric ids");
+        let mut h = HeaderMap::new();
+        h.insert(NUMERIC_USER_HEADER, "54321".parse().unwrap());
+        assert_eq!(users.from_headers(&h).uid, 54321, "the numeric header wins");
+    }
 
     #[test]
     fn passwd_lookup_finds_uid_gid_home() {

@@ -68,4 +68,45 @@ sbx.files.rename("notes/a.txt", "moved/b.txt")
 assert sbx.files.read("moved/b.txt") == "hello"
 sbx.files.remove("d1")
 assert not sbx.files.exists("d1")
+
+# gzip both ways (debug mode reports a new envd, so the SDK uses the octet-stream upload).
+sbx.files.write("gz/z.txt", "zipped " * 1000, gzip=True)
+assert sbx.files.read("gz/z.txt", gzip=True) == "zipped " * 1000
+
+# Polled watcher (CreateWatcher / GetWatcherEvents / RemoveWatcher), recursive, with entries.
+from e2b import FilesystemEventType  # noqa: E402
+
+os.makedirs(os.path.join(home, "watched", "sub"), exist_ok=True)
+w = sbx.files.watch_dir("watched", recursive=True, include_entry=True)
+sbx.files.write("watched/sub/new.txt", "data")
+events = []
+for _ in range(100):
+    events += w.get_new_events()
+    if any(e.name == "sub/new.txt" and e.type == FilesystemEventType.WRITE for e in events):
+        break
+    time.sleep(0.05)
+created = [e for e in events if e.name == "sub/new.txt" and e.type == FilesystemEventType.CREATE]
+assert created and created[0].entry is not None and created[0].entry.size >= 0, events
+w.stop()
+
+# Streaming watcher (WatchDir) through the async SDK.
+import asyncio  # noqa: E402
+
+from e2b import AsyncSandbox  # noqa: E402
+
+
+async def stream_watch():
+    asbx = await AsyncSandbox.connect("local", debug=True, sandbox_url=url)
+    seen = []
+    h = await asbx.files.watch_dir("watched", lambda e: seen.append(e), recursive=True)
+    await asbx.files.write("watched/sub/streamed.txt", "x")
+    for _ in range(100):
+        if any(e.name == "sub/streamed.txt" for e in seen):
+            break
+        await asyncio.sleep(0.05)
+    await h.stop()
+    assert any(e.name == "sub/streamed.txt" and e.type == FilesystemEventType.CREATE for e in seen), seen
+
+
+asyncio.run(stream_watch())
 print("E2B SDK OK")

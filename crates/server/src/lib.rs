@@ -1,5 +1,6 @@
 //! agentbox server: the lifecycle engine and the native HTTP API.
 
+pub mod agent;
 pub mod auth;
 pub mod authn;
 pub mod e2b;

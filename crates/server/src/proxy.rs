@@ -10,7 +10,10 @@
 //!
 //! A port outside 1..=65535 or a half-given target → 400; an unknown sandbox → 404; a sandbox that
 //! is not Running (Starting, Stopping, ended) → 502, so traffic never reaches a container that is
-//! being switched or torn down; an upstream that refuses the connection → 502 naming the port.
+//! being switched or torn down; an upstream that refuses the connection → 502 naming the port,
+//! except on the in-sandbox agent's port, where a refused connection (nothing sent yet) makes the
+//! proxy ask the backend to restart the agent (`Backend::ensure_agent`) and send the request once
+//! more if it did.
 //! Every error body is `{"error": "..."}` with `content-type: application/json`. The upstream is
 //! `http://{sandbox ip}:{port}`, reached over pooled HTTP/1.1 connections (one pool per upstream);
 //! gRPC requests that arrive over HTTP/2 are forwarded over HTTP/2 (h2c prior knowledge) because
@@ -447,10 +450,15 @@ impl DataPlane {
         parts.headers.entry(HeaderName::from_static("x-forwarded-proto")).or_insert(HeaderValue::from_static("http"));
         parts.uri = uri;
         parts.version = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        let upstream_req = Request::from_parts(parts, touching(body, Toucher::new(Arc::clone(engine), id.clone())));
+        let body = touching(body, Toucher::new(Arc::clone(engine), id.clone()));
 
         let client = if use_h2 { &self.inner.http2 } else { &self.inner.http1 };
-        let mut resp = client.request(upstream_req).await.map_err(|e| {
+        let sent = if engine.cfg.agent_port == Some(port) {
+            send_to_agent(engine, client, parts, body, &sb.pod_name).await
+        } else {
+            client.request(Request::from_parts(parts, body)).await
+        };
+        let mut resp = sent.map_err(|e| {
             let message = match std::error::Error::source(&e) {
                 Some(src) => format!("{e}: {src}"),
                 None => e.to_string(),
@@ -498,6 +506,102 @@ impl DataPlane {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, touching(body, Toucher::new(Arc::clone(engine), id))))
     }
+}
+
+/// A request body that stays in a shared slot until its first poll, so that a request whose
+/// connection failed before anything was sent can be sent again with the same body.
+struct Reclaimable {
+    shared: Arc<std::sync::Mutex<Option<ProxyBody>>>,
+    taken: Option<ProxyBody>,
+}
+
+impl hyper::body::Body for Reclaimable {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if self.taken.is_none() {
+            let body = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.taken = body;
+        }
+        match self.taken.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => self.shared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self
+                .shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or_else(|| hyper::body::SizeHint::with_exact(0), |b| b.size_hint()),
+        }
+    }
+}
+
+/// Whether a client error is a refused connection (nothing listens on the port).
+fn connection_refused(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::ConnectionRefused;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Send a request to the in-sandbox agent's port. When the connection is refused before anything
+/// of the request was sent (its body was never polled), the agent has died: ask the backend to
+/// start it again ([`agentbox_core::backend::Backend::ensure_agent`]) and, if it did, send the
+/// request once more. Any other failure is returned as is.
+async fn send_to_agent(
+    engine: &Engine,
+    client: &Client<HttpConnector, ProxyBody>,
+    parts: hyper::http::request::Parts,
+    body: ProxyBody,
+    slot_id: &str,
+) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+    let (method, uri, version, headers) =
+        (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone());
+    let shared = Arc::new(std::sync::Mutex::new(Some(body)));
+    let first = Reclaimable { shared: Arc::clone(&shared), taken: None };
+    let err = match client.request(Request::from_parts(parts, first.boxed_unsync())).await {
+        Ok(r) => return Ok(r),
+        Err(e) => e,
+    };
+    if !connection_refused(&err) {
+        return Err(err);
+    }
+    let Some(body) = shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Err(err) };
+    match engine.backend.ensure_agent(slot_id).await {
+        Ok(true) => tracing::info!(slot = slot_id, "data plane: the agent was restarted; sending the request again"),
+        Ok(false) => return Err(err),
+        Err(e) => {
+            tracing::warn!(slot = slot_id, error = %e, "data plane: cannot restart the agent");
+            return Err(err);
+        }
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    client.request(req).await
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ async fn sandbox_lifecycle_through_the_e2b_api() {
     let id = created["sandboxID"].as_str().unwrap().to_string();
     assert_eq!(created["templateID"], "ap");
     assert_eq!(created["clientID"], "c1");
-    assert_eq!(created["envdVersion"], "0.5.4");
+    assert_eq!(created["envdVersion"], "0.6.4");
     assert_eq!(created["domain"], "127.0.0.1:9");
     assert!(created.get("envdAccessToken").is_none());
     // The native API sees the idle timeout and metadata.
@@ -219,8 +219,7 @@ async fn sandbox_lifecycle_through_the_e2b_api() {
     assert_eq!(c["sandboxID"], id.as_str());
     let logs = s.ok(&alice, "GET", &format!("/v2/sandboxes/{id}/logs"), None, 200).await;
     assert!(logs["logs"].is_array(), "{logs}");
-    let (st, m, _) = s.call(&alice, "GET", &format!("/sandboxes/{id}/metrics"), None).await;
-    assert_eq!((st, m["code"].as_u64()), (501, Some(501)), "{m}");
+    metrics_through_the_e2b_api(&s, &alice, &bob, &id, &id2).await;
 
     // Tenancy: bob sees nothing of alice's.
     assert_eq!(s.ok(&bob, "GET", "/sandboxes", None, 200).await, json!([]));
@@ -250,6 +249,62 @@ async fn sandbox_lifecycle_through_the_e2b_api() {
     assert_eq!(s.call(&alice, "DELETE", &format!("/sandboxes/{id}"), None).await.0, 404);
     assert_eq!(s.call(&alice, "POST", &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 5}))).await.0, 404);
     assert_eq!(s.call(&alice, "POST", &format!("/sandboxes/{id}/connect"), Some(json!({}))).await.0, 404);
+}
+
+/// `GET /sandboxes/{id}/metrics` and `GET /sandboxes/metrics` on two live sandboxes of alice's
+/// (the fake backend reports fixed usage and 50 ms of CPU per read).
+async fn metrics_through_the_e2b_api(s: &Srv, alice: &str, bob: &str, id: &str, id2: &str) {
+    let m = s.ok(alice, "GET", &format!("/sandboxes/{id}/metrics"), None, 200).await;
+    let m = m.as_array().expect("a list of metrics");
+    assert_eq!(m.len(), 1, "{m:?}");
+    let m = &m[0];
+    for k in [
+        "timestamp",
+        "timestampUnix",
+        "cpuCount",
+        "cpuUsedPct",
+        "memUsed",
+        "memTotal",
+        "memCache",
+        "diskUsed",
+        "diskTotal",
+    ] {
+        assert!(m.get(k).is_some(), "{k} missing in {m}");
+    }
+    assert_eq!(
+        (m["cpuCount"].as_u64(), m["memUsed"].as_u64(), m["memTotal"].as_u64()),
+        (Some(1), Some(64 << 20), Some(512 << 20))
+    );
+    assert_eq!(
+        (m["memCache"].as_u64(), m["diskUsed"].as_u64(), m["diskTotal"].as_u64()),
+        (Some(16 << 20), Some(1 << 20), Some(10 << 30))
+    );
+    // First read: two readings >= 100 ms apart with 50 ms of CPU between them (1 CPU) -> (0, 50] %.
+    let pct = m["cpuUsedPct"].as_f64().unwrap();
+    assert!(pct > 0.0 && pct <= 50.0, "{m}");
+    let ts = chrono::DateTime::parse_from_rfc3339(m["timestamp"].as_str().unwrap()).unwrap();
+    assert_eq!(ts.timestamp(), m["timestampUnix"].as_i64().unwrap());
+    assert!((chrono::Utc::now().timestamp() - ts.timestamp()).abs() <= 5);
+    // An interval that ended long ago holds no sample (agentbox keeps no history); a bad one is 400.
+    let past = s.ok(alice, "GET", &format!("/sandboxes/{id}/metrics?start=100&end=200"), None, 200).await;
+    assert_eq!(past, json!([]));
+    let now = chrono::Utc::now().timestamp();
+    let cur = s.ok(alice, "GET", &format!("/sandboxes/{id}/metrics?start={}&end={now}", now - 60), None, 200).await;
+    assert_eq!(cur.as_array().unwrap().len(), 1, "{cur}");
+    assert_eq!(s.call(alice, "GET", &format!("/sandboxes/{id}/metrics?start=300&end=200"), None).await.0, 400);
+    // Unknown and foreign sandboxes are 404 with the E2B error body.
+    for (key, sid) in [(alice, "nope"), (bob, id)] {
+        let (st, body, _) = s.call(key, "GET", &format!("/sandboxes/{sid}/metrics"), None).await;
+        assert_eq!((st, body["code"].as_u64()), (404, Some(404)), "{sid}: {body}");
+    }
+    // Batch: visible live ids only.
+    let b = s.ok(alice, "GET", &format!("/sandboxes/metrics?sandbox_ids={id},{id2},nope"), None, 200).await;
+    let got = b["sandboxes"].as_object().expect("sandboxes by id");
+    assert_eq!(got.len(), 2, "{b}");
+    assert_eq!(got[id]["memTotal"].as_u64(), Some(512 << 20), "{b}");
+    let b = s.ok(bob, "GET", &format!("/sandboxes/metrics?sandbox_ids={id}"), None, 200).await;
+    assert_eq!(b, json!({"sandboxes": {}}));
+    assert_eq!(s.call(alice, "GET", "/sandboxes/metrics", None).await.0, 400);
 }
 
 #[tokio::test]

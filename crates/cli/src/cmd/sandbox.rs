@@ -102,7 +102,8 @@ pub struct ExecArgs {
     /// Working directory.
     #[arg(short = 'w', long)]
     pub cwd: Option<String>,
-    /// Seconds, 1..=300.
+    /// Seconds until the command is killed: 1..=86400 (1..=300 with `-o json`, which waits for the
+    /// whole output).
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
     #[command(flatten)]
@@ -270,8 +271,43 @@ async fn follow_logs(client: &Client, path: &str, output: Format, timestamps: bo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs a command through `POST …/exec/stream`, writing its output as it arrives; the exit code
+/// of the command.
+async fn stream_exec(client: &Client, path: &str, body: &Value, timeout: u64) -> Result<ExitCode> {
+    use futures::StreamExt;
+    let resp = client.stream(client.request(reqwest::Method::POST, path).json(body)).await?;
+    let mut chunks = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        buf.extend_from_slice(&chunk.map_err(|e| anyhow::anyhow!("the exec stream broke off: {e}"))?);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+            let data = v["data"].as_str().unwrap_or("").as_bytes();
+            match v["type"].as_str() {
+                Some("stdout") => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(data)?;
+                    out.flush()?;
+                }
+                Some("stderr") => std::io::stderr().write_all(data)?,
+                Some("exit") => {
+                    if v["timedOut"].as_bool() == Some(true) {
+                        eprintln!("agentbox: command timed out after {timeout}s");
+                    }
+                    let code = v["exitCode"].as_i64().unwrap_or(1);
+                    return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+                }
+                Some("error") => bail!("the command broke off: {}", v["message"].as_str().unwrap_or("unknown error")),
+                _ => {}
+            }
+        }
+    }
+    bail!("the exec stream ended without the command's exit status")
+}
+
 impl ExecArgs {
-    /// Prints the command's stdout/stderr and exits with its exit code.
+    /// Prints the command's stdout/stderr (as it is produced) and exits with its exit code.
     pub async fn run(self) -> Result<ExitCode> {
         if self.command.is_empty() {
             bail!("give the command after --, e.g. `agentbox exec ID -- python3 -V`");
@@ -280,7 +316,11 @@ impl ExecArgs {
         if let Some(cwd) = self.cwd {
             body["cwd"] = json!(cwd);
         }
-        let v: Value = Client::new(&self.c)?.post(&format!("/v1/sandboxes/{}/exec", self.id), &body).await?;
+        let client = Client::new(&self.c)?;
+        if self.c.output != Format::Json {
+            return stream_exec(&client, &format!("/v1/sandboxes/{}/exec/stream", self.id), &body, self.timeout).await;
+        }
+        let v: Value = client.post(&format!("/v1/sandboxes/{}/exec", self.id), &body).await?;
         if self.c.output == Format::Json {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {

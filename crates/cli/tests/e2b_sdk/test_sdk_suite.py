@@ -5,6 +5,7 @@ Run by crates/cli/tests/e2b_suite.rs with pytest, twice: unpatched (E2B_API_URL,
 `patch_e2b()` (path routing `{domain}/sandboxes/{id}/{port}`). Environment: AGENTBOX_POOL,
 AGENTBOX_E2B_MODE (`unpatched` | `patched`), E2B_API_URL, E2B_API_KEY, E2B_SANDBOX_URL / E2B_DOMAIN.
 """
+import io
 import os
 import time
 
@@ -67,6 +68,18 @@ def test_files_text_and_20mb_binary(sbx):
     assert r.stdout.strip() == str(len(blob))
 
 
+def test_gzip_and_octet_stream_uploads_and_refused_metadata(sbx):
+    text = "compressible " * 10000
+    sbx.files.write("/tmp/suite/gz.txt", text, gzip=True)
+    assert sbx.files.read("/tmp/suite/gz.txt") == text
+    sbx.files.write("/tmp/suite/octet.bin", io.BytesIO(b"\x00\x01streamed"))
+    assert sbx.files.read("/tmp/suite/octet.bin", format="bytes") == b"\x00\x01streamed"
+    with pytest.raises(Exception) as e:
+        sbx.files.write("/tmp/suite/meta.txt", "x", metadata={"owner": "me"})
+    assert "metadata" in str(e.value)
+    assert not sbx.files.exists("/tmp/suite/meta.txt")
+
+
 def test_list_make_dir_remove_exists(sbx):
     assert sbx.files.make_dir("/tmp/suite/dir/sub") is True
     assert sbx.files.make_dir("/tmp/suite/dir/sub") is False
@@ -76,6 +89,48 @@ def test_list_make_dir_remove_exists(sbx):
     assert sbx.files.exists("/tmp/suite/dir/a.txt")
     sbx.files.remove("/tmp/suite/dir/a.txt")
     assert not sbx.files.exists("/tmp/suite/dir/a.txt")
+
+
+def test_watch_dir_reports_writes_in_subdirectories(sbx):
+    from e2b import FilesystemEventType
+
+    sbx.files.make_dir("/tmp/suite/watched/sub")
+    handle = sbx.files.watch_dir("/tmp/suite/watched", recursive=True)
+    try:
+        sbx.files.write("/tmp/suite/watched/sub/new.txt", "watch me")
+        sbx.commands.run("rm /tmp/suite/watched/sub/new.txt")
+        events = []
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            events += handle.get_new_events()
+            if any(e.name == "sub/new.txt" and e.type == FilesystemEventType.REMOVE for e in events):
+                break
+            time.sleep(0.1)
+        kinds = {e.type for e in events if e.name == "sub/new.txt"}
+        assert {FilesystemEventType.CREATE, FilesystemEventType.WRITE, FilesystemEventType.REMOVE} <= kinds, events
+    finally:
+        handle.stop()
+
+
+def test_get_metrics_after_burning_cpu(sbx):
+    # A first read leaves a CPU reading, so the second averages over the burn (see engine/usage.rs).
+    before = sbx.get_metrics()
+    assert len(before) == 1
+    sbx.commands.run("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+    metrics = sbx.get_metrics()
+    assert len(metrics) == 1, metrics
+    m = metrics[0]
+    assert m.cpu_count >= 1
+    assert 0 < m.cpu_used_pct <= 100, m
+    assert 0 < m.mem_used <= m.mem_total, m
+    assert m.mem_cache >= 0, m
+    assert m.disk_total > 0 and 0 <= m.disk_used <= m.disk_total, m
+    assert abs(m.timestamp.timestamp() - time.time()) < 60, m
+    # A window that ended long ago holds no sample (no history is kept).
+    from datetime import datetime, timezone
+
+    old = sbx.get_metrics(start=datetime.fromtimestamp(100, timezone.utc), end=datetime.fromtimestamp(200, timezone.utc))
+    assert old == []
 
 
 def test_set_timeout_and_list(sbx):

@@ -27,8 +27,10 @@ use crate::http::AppState;
 
 /// The `envdVersion` every sandbox reports. The SDK gates protocol features on it: ≥ 0.1.0 or it
 /// refuses the sandbox, ≥ 0.3.0 stdin on Start, ≥ 0.4.0 the agent picks the default user, ≥ 0.5.2
-/// `CloseStdin`; below 0.5.7 uploads stay multipart (our agent's `POST /files`).
-pub const ENVD_VERSION: &str = "0.5.4";
+/// `CloseStdin`, ≥ 0.5.7 octet-stream (and gzip) uploads, ≥ 0.6.2 file metadata headers (our agent
+/// refuses them with a 400 naming the limitation), ≥ 0.6.3 entries in watch events, ≥ 0.6.4 watches
+/// on network mounts — all of which the agent implements.
+pub const ENVD_VERSION: &str = "0.6.4";
 
 /// The port of the in-sandbox agent (E2B's envd port).
 pub const ENVD_PORT: u32 = 49983;
@@ -99,6 +101,7 @@ pub fn router(app: Arc<AppState>, cfg: E2bConfig) -> Router {
         .route("/sandboxes/{id}/logs", get(sandboxes::logs_v1))
         .route("/v2/sandboxes/{id}/logs", get(sandboxes::logs_v2))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/metrics", get(sandboxes::metrics_batch))
         .route("/templates", get(templates::list))
         .route("/templates/{id}", get(templates::get))
         .route("/api-keys", get(keys::list).post(keys::create))
@@ -134,7 +137,6 @@ fn unsupported_message(method: &Method, path: &str) -> String {
              templateID \"pool//image\""
         }
         ["sandboxes", _, "network"] => "changing a sandbox's network is not supported by agentbox",
-        ["sandboxes", "metrics"] => "batch metrics are not supported by agentbox; use GET /metrics of the native API",
         ["templates", ..] => {
             "template builds, aliases and tags are not supported by agentbox; templates are agentbox pools: \
              create one with POST /v1/sandboxpools on the native API (or `agentbox pool create`)"

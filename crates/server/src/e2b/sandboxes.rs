@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::error::{E2bError, EJson, EPath, EQuery, EResult};
 use super::{E2bAuth, ENVD_PORT, ENVD_VERSION, St};
 use crate::auth::AuthInfo;
-use crate::engine::{CreateSandboxRequest, ListSandboxesQuery, LogsQuery};
+use crate::engine::{CreateSandboxRequest, ListSandboxesQuery, LogsQuery, SandboxMetric};
 
 /// Body of `POST /sandboxes` and `POST /v2/sandboxes` (E2B `NewSandbox` / `NewSandboxV2`).
 #[derive(Debug, Default, Deserialize)]
@@ -598,15 +598,85 @@ pub async fn logs_v2(
     Ok(Json(json!({ "logs": logs })))
 }
 
-/// `GET /sandboxes/{id}/metrics`: 404 for sandboxes the caller cannot see, else 501 — the
-/// backend interface does not expose per-slot cgroup usage yet.
-pub async fn metrics(State(st): State<St>, E2bAuth(auth): E2bAuth, EPath(id): EPath<String>) -> EResult<StatusCode> {
+/// Query of `GET /sandboxes/{id}/metrics`: the interval asked for, in Unix seconds.
+#[derive(Debug, Default, Deserialize)]
+pub struct MetricsParams {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+}
+
+/// How far `end` may lie before the sample (the SDK truncates its times to whole seconds, and the
+/// request takes a moment) and `start` after it, and still include the sample.
+const RANGE_SLACK_SECS: i64 = 2;
+
+/// Does the interval `[start, end]` include `now`? 400 for a malformed interval.
+fn range_includes(q: &MetricsParams, now: i64) -> EResult<bool> {
+    if let Some(t) = q.start.into_iter().chain(q.end).find(|t| *t < 0) {
+        return Err(E2bError::bad_request(format!("time {t} must be Unix seconds (not negative)")));
+    }
+    if let (Some(s), Some(e)) = (q.start, q.end)
+        && s > e
+    {
+        return Err(E2bError::bad_request(format!("start {s} is after end {e}: swap them")));
+    }
+    Ok(q.start.is_none_or(|s| s <= now + RANGE_SLACK_SECS) && q.end.is_none_or(|e| e + RANGE_SLACK_SECS >= now))
+}
+
+/// A sandbox that ended while its metrics were read is gone, as far as E2B is concerned.
+fn ended_is_gone(e: agentbox_core::error::AppError) -> E2bError {
+    if e.kind == ErrorKind::Conflict { E2bError::new(StatusCode::NOT_FOUND, e.message) } else { e.into() }
+}
+
+/// `GET /sandboxes/{id}/metrics`: E2B `[SandboxMetric]`. agentbox keeps no history: the list holds
+/// one sample taken now (see `engine::usage`), or nothing when `[start, end]` does not include now.
+pub async fn metrics(
+    State(st): State<St>,
+    E2bAuth(auth): E2bAuth,
+    EPath(id): EPath<String>,
+    EQuery(q): EQuery<MetricsParams>,
+) -> EResult<Json<Vec<SandboxMetric>>> {
     live_sandbox(&st, &auth, &id)?;
-    Err(E2bError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "per-sandbox metrics are not supported by agentbox yet; use the Prometheus metrics at GET /metrics on the \
-         native port, or run `cat /sys/fs/cgroup/memory.current /sys/fs/cgroup/cpu.stat` in the sandbox",
-    ))
+    if !range_includes(&q, chrono::Utc::now().timestamp())? {
+        return Ok(Json(vec![]));
+    }
+    let m = st.app.engine.sandbox_metrics(&auth, &id).await.map_err(ended_is_gone)?;
+    Ok(Json(vec![m]))
+}
+
+/// Query of `GET /sandboxes/metrics`.
+#[derive(Debug, Default, Deserialize)]
+pub struct BatchMetricsParams {
+    /// Comma list of sandbox ids.
+    pub sandbox_ids: Option<String>,
+}
+
+/// E2B `SandboxesWithMetrics`: the latest sample by sandbox id.
+#[derive(Debug, Serialize)]
+pub struct SandboxesWithMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
+/// `GET /sandboxes/metrics?sandbox_ids=a,b`: one sample now of each listed live sandbox the caller
+/// may see; unknown, invisible and ended ids are left out.
+pub async fn metrics_batch(
+    State(st): State<St>,
+    E2bAuth(auth): E2bAuth,
+    EQuery(q): EQuery<BatchMetricsParams>,
+) -> EResult<Json<SandboxesWithMetrics>> {
+    let ids: Vec<String> = q
+        .sandbox_ids
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if ids.is_empty() {
+        return Err(E2bError::bad_request("sandbox_ids is required: a comma-separated list of sandbox ids"));
+    }
+    let sandboxes = st.app.engine.sandboxes_metrics(&auth, &ids).await?;
+    Ok(Json(SandboxesWithMetrics { sandboxes }))
 }
 
 #[cfg(test)]
@@ -623,6 +693,17 @@ mod tests {
         );
         assert_eq!(parse_template_id("c2::py", "c1").unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
         assert_eq!(parse_template_id("//img", "c1").unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn metrics_range_includes_now_with_slack() {
+        let q = |start, end| MetricsParams { start, end };
+        assert!(range_includes(&q(None, None), 1000).unwrap());
+        assert!(range_includes(&q(Some(900), Some(999)), 1000).unwrap(), "end truncated to seconds");
+        assert!(!range_includes(&q(Some(900), Some(990)), 1000).unwrap(), "a past interval");
+        assert!(!range_includes(&q(Some(1010), None), 1000).unwrap(), "a future interval");
+        assert_eq!(range_includes(&q(Some(5), Some(4)), 1000).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(range_includes(&q(Some(-1), None), 1000).unwrap_err().status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

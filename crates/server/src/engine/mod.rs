@@ -4,6 +4,7 @@
 mod activity;
 mod autoscale;
 mod events;
+mod exec;
 mod hooks;
 mod logs;
 mod metrics;
@@ -15,6 +16,7 @@ mod sandboxes;
 mod sync;
 mod templates;
 mod terminal;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
 pub use events::{PodDiagnosticEvent, PoolEvent, PoolEventType};
+pub use exec::{ExecEvent, ExecStreamLine, Utf8Chunks};
 pub use logs::{
     EndpointReadiness, FollowItem, LogEntry, LogSource, LogStreamMeta, LogsQuery, MAX_LOG_LINES, ReadinessResult,
     SandboxLogs,
@@ -47,6 +50,7 @@ pub use sandboxes::{
 pub use sync::SyncPreview;
 pub use templates::{CreateTemplateRequest, TemplateSummary, TemplateView, UpdateTemplateRequest};
 pub use terminal::{ExecToken, TOKEN_TTL as EXEC_TOKEN_TTL};
+pub use usage::{CPU_WINDOW, MAX_BATCH as MAX_METRICS_BATCH, SandboxMetric};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -67,6 +71,9 @@ pub struct EngineConfig {
     pub idle_sweep_interval: Duration,
     /// This cluster's id (`--cluster-id`); rendered into pool docs and cross-cluster sandbox ids.
     pub cluster_id: String,
+    /// Port of the in-sandbox agent when the backend starts one (`None`: exec and terminals
+    /// always go through the backend).
+    pub agent_port: Option<u16>,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +87,7 @@ impl Default for EngineConfig {
             proxy_base_url: None,
             idle_sweep_interval: Duration::from_secs(1),
             cluster_id: "local".into(),
+            agent_port: None,
         }
     }
 }
@@ -115,6 +123,10 @@ pub struct Engine {
     pub(crate) quota_admission: Mutex<()>,
     /// Prometheus metrics (see `metrics.rs`).
     pub(crate) metrics: Metrics,
+    /// The last CPU reading per sandbox, for `sandbox_metrics` (see `usage.rs`).
+    pub(crate) usage: usage::UsageReadings,
+    /// Client of the sandboxes' agents (see `crate::agent`).
+    pub(crate) agent: crate::agent::AgentClient,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -122,6 +134,7 @@ impl Engine {
     /// Build an engine; call [`Engine::start`] to recover state and run the reconcilers.
     pub fn new(store: Arc<dyn Store>, backend: Arc<dyn Backend>, cfg: EngineConfig) -> Arc<Engine> {
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let cfg_agent_port = cfg.agent_port.unwrap_or(crate::agent::AGENT_PORT);
         Arc::new(Engine {
             store,
             backend,
@@ -133,6 +146,8 @@ impl Engine {
             activity: Default::default(),
             quota_admission: Mutex::new(()),
             metrics: Metrics::new(),
+            usage: Default::default(),
+            agent: crate::agent::AgentClient::new(cfg_agent_port),
             shutdown,
         })
     }

@@ -25,6 +25,8 @@ impl Engine {
 
         let mut idle: Vec<(String, String, String, String)> = vec![];
         let mut adopted = 0usize;
+        // Adopted slots whose main container runs: their agents are checked below.
+        let mut live: Vec<String> = vec![];
         for mut slot in slots {
             let obs = observed.get(&slot.slot_id);
             let main_running = obs.and_then(|o| o.main()).is_some_and(|c| c.state.is_running());
@@ -42,8 +44,12 @@ impl Engine {
                         slot.slot_id.clone(),
                     ));
                     adopted += 1;
+                    live.push(slot.slot_id.clone());
                 }
-                SlotPhase::Running if main_running => adopted += 1,
+                SlotPhase::Running if main_running => {
+                    adopted += 1;
+                    live.push(slot.slot_id.clone());
+                }
                 SlotPhase::Idle | SlotPhase::Running if obs.is_none() => {
                     // The slot's host state is gone: its sandbox failed; the record goes.
                     if let Some(id) = slot.sandbox_id.clone()
@@ -103,6 +109,21 @@ impl Engine {
                 let rt = self.ensure_pool_rt(&p);
                 rt.queue.lock().push_idle(slot_id);
             }
+        }
+        // The agents of adopted slots normally kept running with their containers (the binary is
+        // bind-mounted into them); one that died while the server was down is started again, in
+        // the background so start-up does not wait for the probes.
+        if self.cfg.agent_port.is_some() && !live.is_empty() {
+            let backend = Arc::clone(&self.backend);
+            tokio::spawn(async move {
+                for slot in live {
+                    match backend.ensure_agent(&slot).await {
+                        Ok(true) => tracing::info!(slot, "started the agent of an adopted slot again"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(slot, error = %e, "cannot check the agent of an adopted slot"),
+                    }
+                }
+            });
         }
         tracing::info!(adopted, "recovery done");
         Ok(())

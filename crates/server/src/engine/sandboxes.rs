@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use agentbox_core::backend::{BackendError, ExecRequest};
+use agentbox_core::backend::BackendError;
 use agentbox_core::duration::WireDuration;
 use agentbox_core::error::{AppError, AvailablePoolSummary, AvailablePoolsDetail, ErrorKind, PoolStatusDetail};
 use agentbox_core::model::{
@@ -842,61 +842,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    pub async fn exec(&self, auth: &AuthInfo, id: &str, body: ExecRequestBody) -> Result<ExecResult, AppError> {
-        let argv = match body.command {
-            ExecCommand::Shell(s) if !s.trim().is_empty() => vec!["/bin/sh".to_string(), "-c".to_string(), s],
-            ExecCommand::Argv(v) if !v.is_empty() && !v[0].is_empty() => v,
-            _ => {
-                return Err(AppError::bad_request("command is required: give a shell string or a non-empty argv list"));
-            }
-        };
-        let timeout = body.timeout_seconds.unwrap_or(30);
-        if !(1..=300).contains(&timeout) {
-            return Err(AppError::bad_request(format!("timeoutSeconds {timeout} is out of range: use 1..=300")));
-        }
-        if let Some(cwd) = &body.cwd
-            && !cwd.starts_with('/')
-        {
-            return Err(AppError::bad_request(format!("cwd {cwd:?} must be an absolute path")));
-        }
-        if let Some(u) = &body.user {
-            let ok = u.split(':').count() <= 2
-                && u.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-            if !ok {
-                return Err(AppError::bad_request(format!(
-                    "user {u:?} must be numeric uid or uid:gid, e.g. \"1000:1000\""
-                )));
-            }
-        }
-        let sb = self.visible_sandbox(auth, id)?;
-        if sb.status != SandboxStatus::Running {
-            return Err(AppError::conflict(format!(
-                "sandbox {id} is {}; exec needs a Running sandbox",
-                sb.status.as_str()
-            )));
-        }
-        let req = ExecRequest {
-            container: body.container,
-            argv,
-            env: body.env,
-            cwd: body.cwd,
-            user: body.user,
-            stdin: body.stdin.map(String::into_bytes),
-            timeout: Duration::from_secs(timeout),
-        };
-        self.touch(id);
-        let started = Instant::now();
-        let out = self.backend.exec(&sb.pod_name, &req).await?;
-        Ok(ExecResult {
-            exit_code: out.exit_code,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            timed_out: out.timed_out,
-            truncated: out.truncated,
-        })
     }
 
     /// Fail a Running sandbox whose main container died, and recycle its slot.

@@ -10,14 +10,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use agentbox_core::backend::{PtyRequest, PtySession};
+use agentbox_core::backend::{PtyInput, PtyRequest, PtySession};
 use agentbox_core::error::AppError;
 use agentbox_core::model::SandboxStatus;
+use agentbox_envd::proto::process as pp;
 use parking_lot::Mutex;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::Engine;
+use crate::agent::{AgentError, Caller};
 use crate::auth::AuthInfo;
 
 /// How long an exec token stays valid.
@@ -162,9 +164,88 @@ impl Engine {
             cols: DEFAULT_COLS,
             rows: DEFAULT_ROWS,
         };
+        if let Some(ip) = self.agent_ip(&sb) {
+            let mut first = self.agent_terminal(&ip, &req).await;
+            if matches!(first, Err(AgentError::Unavailable(_))) && self.revive_agent(&sb).await {
+                first = self.agent_terminal(&ip, &req).await;
+            }
+            match first {
+                Ok(session) => {
+                    self.touch(id);
+                    return Ok(session);
+                }
+                Err(AgentError::Unavailable(why)) => {
+                    tracing::debug!(sandbox_id = %id, %why, "agent unavailable; terminal through the backend");
+                }
+                Err(e) => return Err(AppError::unavailable(format!("terminal in sandbox {id}: {e}"))),
+            }
+        }
         let session = self.backend.exec_pty(&sb.pod_name, &req).await?;
         self.touch(id);
         Ok(session)
+    }
+
+    /// A terminal process started by the sandbox's agent, bridged to a [`PtySession`]: its pty
+    /// output feeds `output`, input and resizes become `SendInput` / `Update` calls, and closing
+    /// the session kills the process.
+    async fn agent_terminal(&self, ip: &str, req: &PtyRequest) -> Result<PtySession, AgentError> {
+        let start = pp::StartRequest {
+            process: Some(pp::ProcessConfig {
+                cmd: req.argv[0].clone(),
+                args: req.argv[1..].to_vec(),
+                envs: req.env.clone().into_iter().collect(),
+                cwd: req.cwd.clone(),
+            }),
+            pty: Some(pp::Pty { size: Some(pp::PtySize { cols: req.cols.into(), rows: req.rows.into() }) }),
+            tag: None,
+            stdin: None,
+        };
+        let mut stream = self.agent.start(ip, &Caller::default(), &start).await?;
+        let pid = loop {
+            match stream.next().await? {
+                Some(ev) if ev.start.is_some() => break ev.start.map(|s| s.pid).unwrap_or_default(),
+                Some(_) => continue,
+                None => return Err(AgentError::Failed("the terminal ended before it started".into())),
+            }
+        };
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<PtyInput>(64);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<i32>();
+        let (agent, ip_in) = (self.agent.clone(), ip.to_string());
+        tokio::spawn(async move {
+            while let Some(input) = in_rx.recv().await {
+                let r = match input {
+                    PtyInput::Data(d) => agent.send_input(&ip_in, pid, d, true).await,
+                    PtyInput::Resize { cols, rows } => agent.resize(&ip_in, pid, cols, rows).await,
+                    PtyInput::Close => {
+                        let _ = agent.signal(&ip_in, pid, true).await;
+                        return;
+                    }
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+            // Every sender is gone: nobody can type into this terminal any more.
+            let _ = agent.signal(&ip_in, pid, true).await;
+        });
+        tokio::spawn(async move {
+            let mut code = -1;
+            while let Ok(Some(ev)) = stream.next().await {
+                if let Some(d) = ev.data.and_then(|d| d.pty.or(d.stdout).or(d.stderr))
+                    && out_tx.send(d).await.is_err()
+                {
+                    break;
+                }
+                if let Some(end) = ev.end {
+                    code = crate::agent::exit_code(&end);
+                    break;
+                }
+            }
+            drop(out_tx);
+            let _ = exit_tx.send(code);
+        });
+        Ok(PtySession { input: in_tx, output: out_rx, exit: exit_rx })
     }
 }
 

@@ -96,6 +96,8 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sandboxes::create_sandbox, sandboxes::list_sandboxes))
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
         .routes(routes!(sandboxes::exec))
+        .routes(routes!(sandboxes::exec_stream))
+        .routes(routes!(sandboxes::sandbox_metrics))
         .routes(routes!(terminal::create_exec_token))
         .routes(routes!(terminal::terminal))
         .routes(routes!(logs::logs))

@@ -1,0 +1,48 @@
+//! The Kubernetes backend of agentbox: every slot is a Pod; `SandboxTemplate` and `SandboxPool`
+//! are custom resources derived from the Rust types in [`crd`].
+//!
+//! - [`crd`]: the custom resource types and the CRD YAML generator (`crdgen`).
+//! - [`convert`]: core model ⇄ custom resources.
+//! - [`pod`]: the Pod of a slot (built from a [`agentbox_core::backend::SlotSpec`]) and what the
+//!   core observes of it ([`agentbox_core::backend::SlotObservation`]).
+//! - [`KubeBackend`]: [`agentbox_core::backend::Backend`] over the Kubernetes API; the claim
+//!   compare-and-set and the release of a slot Pod are in [`claim`].
+//! - [`leader`]: leader election over a `coordination.k8s.io/v1` Lease.
+//! - [`keys`]: API keys stored as Secrets.
+//! - [`events`]: warnings as Kubernetes Events.
+
+pub mod backend;
+pub mod claim;
+pub mod convert;
+pub mod crd;
+pub mod error;
+pub mod events;
+pub mod informer;
+pub mod keys;
+pub mod leader;
+pub mod pod;
+
+pub use backend::{AgentInjection, KubeBackend, KubeBackendConfig};
+pub use error::KubeError;
+
+/// Label and annotation keys, all under our own prefix `agentbox.dev/`.
+pub mod labels {
+    /// Owning pool of a Pod (set at creation, never changed).
+    pub const POOL: &str = "agentbox.dev/pool";
+    /// Slot phase of a Pod: `idle`, `starting`, `running`, `stopping`, `failed`. The claim is a
+    /// compare-and-set on this label.
+    pub const PHASE: &str = "agentbox.dev/phase";
+    /// Sandbox holding the Pod while claimed.
+    pub const SANDBOX_ID: &str = "agentbox.dev/sandbox-id";
+    /// Owner team / user (pools, and Pods while claimed).
+    pub const TEAM: &str = "agentbox.dev/team";
+    pub const USER: &str = "agentbox.dev/user";
+    /// `app.kubernetes.io/managed-by` value of every Pod the backend creates.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "agentbox";
+    /// Finalizer on every slot Pod: the server sees an external deletion or eviction before the
+    /// Pod disappears, and removes the finalizer itself.
+    pub const PROTECTION_FINALIZER: &str = "agentbox.dev/sandbox-protection";
+    /// Template annotation: when the stored template last changed (RFC 3339).
+    pub const UPDATED_AT: &str = "agentbox.dev/updated-at";
+}
