@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root: sudo scripts/bench.sh" >&2; exit 2; }
 scripts/install-deps.sh
-cargo build --release --locked -p agentbox
+cargo build --release --locked -p agentbox -p agentbox-envd
 bin=$PWD/target/release/agentbox
 data=$(mktemp -d /tmp/agentbox-bench.XXXXXX)
 port=18099

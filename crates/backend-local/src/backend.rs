@@ -44,6 +44,31 @@ struct Inner {
     netns: net::NetnsHolder,
     /// See [`LocalBackendConfig::agent_binary`].
     agent_binary: Option<PathBuf>,
+    /// This backend's own `Arc` (for work handed to background threads).
+    me: std::sync::Weak<Inner>,
+    /// Agent starts in flight, by slot (see [`Inner::start_agent`]).
+    agent_starts: Mutex<HashMap<String, Arc<AgentStart>>>,
+}
+
+/// An agent start running in the background; [`AgentStart::wait`] blocks until it is done.
+#[derive(Default)]
+struct AgentStart {
+    done: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl AgentStart {
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until the start is done or `timeout` passed; true when it is done.
+    fn wait(&self, timeout: Duration) -> bool {
+        let g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self.cv.wait_timeout_while(g, timeout, |done| !*done).unwrap_or_else(|e| e.into_inner());
+        *g
+    }
 }
 
 /// Slots as real Linux containers on this host (see the crate docs).
@@ -139,7 +164,9 @@ impl LocalBackend {
             }
             None => None,
         };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            agent_starts: Mutex::new(HashMap::new()),
             layout,
             images: cfg.images.clone(),
             bridge: cfg.bridge_name.clone(),
@@ -392,20 +419,49 @@ impl Inner {
     }
 
     /// Start the agent in container 0 (see [`LocalBackendConfig::agent_binary`]) after a create or
-    /// switch. A failure is logged, not fatal: the slot still works through the native API.
+    /// switch, on a background thread: the create or switch does not wait for it (it costs an exec
+    /// plus the agent's own start, several ms of every claim with a switch). Callers that find the
+    /// agent not answering yet go through [`Backend::ensure_agent`], which waits for the start in
+    /// flight. A failure is logged, not fatal: the slot still works through the native API.
     fn start_agent(&self, rt: Arc<dyn OciRuntime>, slot: &str, id: &str, image: &str) {
         if !self.runs_agent(image) {
             return;
         }
-        let started = std::time::Instant::now();
-        match self.exec_agent(rt, id) {
-            Ok(()) => tracing::debug!(slot, id, elapsed = ?started.elapsed(), "agent started"),
-            Err(e) => warn!(
-                slot,
-                image,
-                error = %e,
-                "the agent did not start in the container; E2B commands and files will not work in it"
-            ),
+        let Some(me) = self.me.upgrade() else { return };
+        let latch = Arc::new(AgentStart::default());
+        self.agent_starts.lock().insert(slot.to_string(), latch.clone());
+        let (slot, id, image) = (slot.to_string(), id.to_string(), image.to_string());
+        let spawned = std::thread::Builder::new().name("agent-start".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            match me.exec_agent(rt, &id) {
+                Ok(()) => tracing::debug!(slot, id, elapsed = ?started.elapsed(), "agent started"),
+                Err(e) => warn!(
+                    slot,
+                    image,
+                    error = %e,
+                    "the agent did not start in the container; E2B commands and files will not work in it"
+                ),
+            }
+            latch.finish();
+            let mut starts = me.agent_starts.lock();
+            if starts.get(&slot).is_some_and(|l| Arc::ptr_eq(l, &latch)) {
+                starts.remove(&slot);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start a thread for the agent start");
+        }
+    }
+
+    /// Waits (at most 10 s) for an agent start in flight in `slot`; true when there was one.
+    fn wait_agent_start(&self, slot: &str) -> bool {
+        let latch = self.agent_starts.lock().get(slot).cloned();
+        match latch {
+            Some(l) => {
+                l.wait(Duration::from_secs(10));
+                true
+            }
+            None => false,
         }
     }
 
@@ -441,6 +497,8 @@ impl Inner {
 
     /// Kill and delete every container of the slot and drop their writable layers.
     fn stop_containers(&self, rec: &mut SlotRecord) -> Result<()> {
+        // An agent exec still in flight in container 0 would fail noisily when its container goes.
+        self.wait_agent_start(&rec.spec.slot_id);
         let rt = self.runtime(rec.runtime)?;
         let mut first_err = None;
         // SIGKILL the inits ourselves first (killing a pid namespace's init kills all of it) and
@@ -869,6 +927,10 @@ impl Backend for LocalBackend {
     #[tracing::instrument(skip_all, fields(slot = %slot_id))]
     async fn ensure_agent(&self, slot_id: &str) -> Result<bool, BackendError> {
         let handle = self.handle(slot_id)?;
+        // The agent of a fresh create or switch may still be starting (in the background): wait
+        // for it; if it answers then, the caller's retry will find it.
+        let (inner, slot) = (self.inner.clone(), slot_id.to_string());
+        let waited = blocking(move || Ok(inner.wait_agent_start(&slot))).await?;
         let rec = handle.lock().await;
         let Some(c) = rec.containers.first() else { return Ok(false) };
         if !self.inner.runs_agent(&c.image) || !self.inner.container_state(slot_id, c).is_running() {
@@ -877,7 +939,7 @@ impl Backend for LocalBackend {
         let ip: Ipv4Addr = rec.ip.parse().map_err(|_| LocalError::Invalid(format!("bad ip {}", rec.ip)))?;
         let addr = std::net::SocketAddr::from((ip, crate::AGENT_PORT));
         if agent_accepts(addr).await {
-            return Ok(false);
+            return Ok(waited);
         }
         let (rt, id, inner) = (self.inner.runtime(rec.runtime)?, c.container_id.clone(), self.inner.clone());
         match blocking(move || inner.exec_agent(rt, &id)).await {

@@ -393,7 +393,10 @@ async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
     let backend = agentbox_backend_k8s::KubeBackend::connect(cfg)
         .await
         .context("cannot use --backend kubernetes (use --backend local to run sandboxes on this host)")?;
-    Ok((Arc::new(backend), None, agent_port))
+    // Claims read slot Pods from a watch-fed cache instead of a GET each.
+    let (pods, informer) = agentbox_backend_k8s::informer::pod_informer(backend.client().clone());
+    tokio::spawn(informer);
+    Ok((Arc::new(backend.with_pod_cache(pods)), None, agent_port))
 }
 
 fn effective_uid() -> u32 {

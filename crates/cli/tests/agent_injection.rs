@@ -129,8 +129,11 @@ fn agent_runs_in_every_sandbox_and_dies_with_it() {
     let server_pid = srv.pid();
 
     // The default pool (pool default image): the agent runs from the slot's creation on.
-    let before = agents_of(server_pid);
-    assert_eq!(before.len(), 1, "one agent in the one idle slot: {before:?}");
+    // The agent starts in the background after the create (the slot is idle a moment earlier).
+    let before = srv.wait_for("one agent in the one idle slot", Duration::from_secs(20), || {
+        let a = agents_of(server_pid);
+        (a.len() == 1).then_some(a)
+    });
     let t = Instant::now();
     let id = srv.claim(&common::claim_body("default"))["sandboxId"].as_str().unwrap().to_string();
     eprintln!("claim {:?}, then /health answered after {:?}", t.elapsed(), wait_health(&srv, &id));
@@ -174,7 +177,9 @@ fn agent_runs_in_every_sandbox_and_dies_with_it() {
     let sw = srv.claim(&common::claim_body("sw"))["sandboxId"].as_str().unwrap().to_string();
     eprintln!("claim with switch {:?}, then /health answered after {:?}", t.elapsed(), wait_health(&srv, &sw));
     assert_eq!(run(&srv, &sw, "echo switched").0, "switched\n");
-    assert_eq!(agents_of(server_pid).len(), 2);
+    srv.wait_for("the switched slot's agent", Duration::from_secs(20), || {
+        (agents_of(server_pid).len() == 2).then_some(())
+    });
     srv.release_and_wait(&sw);
     srv.wait_pool_idle("sw", 1);
     srv.wait_for("the switched slot's agent to be gone", Duration::from_secs(20), || {

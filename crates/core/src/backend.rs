@@ -281,7 +281,8 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Make sure the in-sandbox agent (port 49983) answers in the slot: when it does not, start it
-    /// again. `Ok(true)` = it was (re)started just now and answers; `Ok(false)` = nothing was
+    /// again. `Ok(true)` = it was (re)started just now, or a start in flight (after a create or
+    /// switch) finished while waiting, so it answers now and a retry is worthwhile; `Ok(false)` = nothing was
     /// started (it already answered, the slot has no agent, or the backend cannot restart agents,
     /// which is this default). Concurrent calls for one slot start at most one agent.
     async fn ensure_agent(&self, slot_id: &str) -> Result<bool, BackendError> {

@@ -98,7 +98,7 @@ impl From<BackendError> for AppError {
             BackendError::SlotNotFound(_) | BackendError::ContainerNotFound { .. } => {
                 AppError::not_found(e.to_string())
             }
-            BackendError::NotRunning { .. } => AppError::conflict(e.to_string()),
+            BackendError::NotRunning { .. } | BackendError::Conflict(_) => AppError::conflict(e.to_string()),
             BackendError::Invalid(m) => AppError::bad_request(m),
             BackendError::Image { .. } => AppError::bad_request(e.to_string()),
             BackendError::Unsupported(m) => AppError::new(ErrorKind::NotImplemented, m),

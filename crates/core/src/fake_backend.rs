@@ -33,6 +33,8 @@ pub struct FakeBackend {
     stats: Mutex<BTreeMap<String, SlotStats>>,
     /// What `ensure_agent` does (see [`FakeBackend::on_ensure_agent`]); absent = `Ok(false)`.
     agent_hook: Mutex<Option<AgentHook>>,
+    /// Slots whose `mark_claimed` answers `Conflict` (see [`FakeBackend::claimed_elsewhere`]).
+    taken_elsewhere: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// See [`FakeBackend::on_ensure_agent`].
@@ -64,6 +66,11 @@ impl FakeBackend {
     pub fn on_ensure_agent(&self, hook: impl Fn(&str) -> bool + Send + Sync + 'static) {
         *self.agent_hook.lock() = Some(std::sync::Arc::new(hook));
     }
+    /// Make `mark_claimed` of `slot_id` answer `Conflict`, as if another server replica had
+    /// claimed it first (until [`Backend::mark_released`] is called for it).
+    pub fn claimed_elsewhere(&self, slot_id: &str) {
+        self.taken_elsewhere.lock().insert(slot_id.into());
+    }
     /// A fake whose slots all report `ip` (e.g. `127.0.0.1`, so that a data-plane test reaches a
     /// server it runs on loopback).
     pub fn with_ip(ip: &str) -> Self {
@@ -75,6 +82,16 @@ impl FakeBackend {
             && let Some(c) = s.containers.first_mut()
         {
             c.state = ContainerState::Exited { exit_code: Some(exit_code), oom_killed: oom };
+        }
+    }
+    /// Simulate the backend losing the slot for a reason it reports itself (Kubernetes: a Pod
+    /// evicted), while the container state alone would not say why.
+    pub fn fail_slot(&self, slot_id: &str, reason: &str, message: &str) {
+        if let Some(s) = self.slots.lock().get_mut(slot_id) {
+            s.failure = Some((reason.into(), message.into()));
+            if let Some(c) = s.containers.first_mut() {
+                c.state = ContainerState::Exited { exit_code: None, oom_killed: false };
+            }
         }
     }
     /// Append a line to the log of `container` in a slot (as if the container printed it), with a
@@ -138,6 +155,18 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
+    }
+    async fn mark_claimed(&self, slot_id: &str, sandbox_id: &str) -> Result<(), BackendError> {
+        self.calls.lock().push(format!("mark_claimed {slot_id} {sandbox_id}"));
+        if self.taken_elsewhere.lock().contains(slot_id) {
+            return Err(BackendError::Conflict(format!("slot {slot_id} is claimed by another replica")));
+        }
+        Ok(())
+    }
+    async fn mark_released(&self, slot_id: &str) -> Result<(), BackendError> {
+        self.calls.lock().push(format!("mark_released {slot_id}"));
+        self.taken_elsewhere.lock().remove(slot_id);
+        Ok(())
     }
     async fn ensure_agent(&self, slot_id: &str) -> Result<bool, BackendError> {
         if !self.slots.lock().contains_key(slot_id) {

@@ -78,18 +78,25 @@ impl Engine {
         // Health: idle slots whose container died are replaced; running sandboxes whose main
         // container died are failed with the reason the backend saw.
         for s in slots.iter().filter(|s| matches!(s.phase, SlotPhase::Idle | SlotPhase::Running)) {
-            let state = match self.backend.inspect(&s.slot_id).await {
-                Ok(obs) => obs.main().map(|c| c.state.clone()).unwrap_or(ContainerState::Missing),
-                Err(BackendError::SlotNotFound(_)) => ContainerState::Missing,
+            // `failure`: a reason the backend knows better than the container state (Kubernetes:
+            // Evicted, the Pod deleted from outside), with its message.
+            let (state, failure) = match self.backend.inspect(&s.slot_id).await {
+                Ok(obs) => (obs.main().map(|c| c.state.clone()).unwrap_or(ContainerState::Missing), obs.failure),
+                Err(BackendError::SlotNotFound(_)) => (ContainerState::Missing, None),
                 Err(e) => {
                     tracing::warn!(slot = %s.slot_id, error = %e, "inspect failed");
                     continue;
                 }
             };
-            if state.is_running() {
+            if state.is_running() && failure.is_none() {
                 continue;
             }
-            let (reason, exit_code) = exit_reason(&state);
+            let (mut reason, exit_code) = exit_reason(&state);
+            let mut detail = None;
+            if let Some((r, m)) = &failure {
+                reason = r.as_str();
+                detail = Some(m.clone());
+            }
             match s.phase {
                 SlotPhase::Idle => {
                     if rt.queue.lock().remove_idle(&s.slot_id) {
@@ -110,9 +117,10 @@ impl Engine {
                     }
                 }
                 _ => {
-                    let msg = match exit_code {
-                        Some(c) => format!("main container exited with code {c} ({reason})"),
-                        None => format!("main container is gone ({reason})"),
+                    let msg = match (&detail, exit_code) {
+                        (Some(m), _) => format!("{m} ({reason})"),
+                        (None, Some(c)) => format!("main container exited with code {c} ({reason})"),
+                        (None, None) => format!("main container is gone ({reason})"),
                     };
                     let event = if reason == "OOMKilled" { "OOMKilled" } else { "Failed" };
                     let sb = s.sandbox_id.as_deref().unwrap_or("-");

@@ -183,6 +183,9 @@ pub struct PostStartHookFailedDetail {
 /// `errorCode` of a create whose post-start hook failed (422).
 pub const POST_START_HOOK_FAILED: &str = "POST_START_HOOK_FAILED";
 
+/// How long a slot whose backend claim conflicted stays out of the idle queue.
+pub(crate) const REQUEUE_AFTER_CONFLICT: Duration = Duration::from_secs(2);
+
 impl Engine {
     /// Claim a slot and answer once the sandbox is Running. Runs in its own task: if the caller
     /// goes away before the answer, the sandbox is canceled and its slot recycled.
@@ -441,10 +444,26 @@ impl Engine {
             claimed.phase = if same_image && !gated { SlotPhase::Running } else { SlotPhase::Starting };
             claimed.sandbox_id = Some(sandbox.sandbox_id.clone());
             claimed.idle_since = None;
+            // Backends whose slots other processes can see (Kubernetes: a compare-and-set on the
+            // Pod's phase label) make the claim exclusive first; a conflict means someone else
+            // took this slot: try the next one.
+            match self.backend.mark_claimed(&slot_id, &sandbox.sandbox_id).await {
+                Ok(()) => {}
+                Err(BackendError::Conflict(m)) => {
+                    tracing::warn!(slot = %slot_id, "slot claimed elsewhere, trying another slot: {m}");
+                    self.requeue_later(&rt, slot_id);
+                    continue;
+                }
+                Err(e) => {
+                    rt.queue.lock().return_idle(slot_id);
+                    return Err(e.into());
+                }
+            }
             match self.store.claim(&claimed, SlotPhase::Idle, &sandbox) {
                 Ok(()) => break (claimed, sandbox, same_image),
                 Err(StoreError::Conflict(m)) => {
                     tracing::warn!(slot = %slot_id, "claim conflict, trying another slot: {m}");
+                    let _ = self.backend.mark_released(&slot_id).await;
                     continue;
                 }
                 Err(e) => {
@@ -778,6 +797,21 @@ impl Engine {
 
     /// Stopping → Idle: switch the slot back to the pool's idle containers (fresh writable layer),
     /// finish the sandbox's history record, and hand the slot to the next waiter.
+    /// A slot whose claim conflicted in the backend goes back to the idle queue after
+    /// [`REQUEUE_AFTER_CONFLICT`] if the store still has it idle: whoever holds it may release it.
+    fn requeue_later(self: &Arc<Self>, rt: &Arc<PoolRt>, slot_id: String) {
+        let (me, rt) = (Arc::clone(self), Arc::clone(rt));
+        tokio::spawn(async move {
+            tokio::time::sleep(REQUEUE_AFTER_CONFLICT).await;
+            if let Ok(Some(slot)) = me.store.get_slot(&slot_id)
+                && slot.phase == SlotPhase::Idle
+            {
+                rt.queue.lock().push_idle(slot_id);
+                me.dispatch(&rt);
+            }
+        });
+    }
+
     pub(crate) async fn recycle(self: &Arc<Self>, slot_id: &str) {
         let started = Instant::now();
         let lock = self.slot_lock(slot_id);
@@ -798,7 +832,13 @@ impl Engine {
         let switched = match &pool {
             Some(p) => {
                 let creds = p.overrides.image_pull_secret.clone().unwrap_or_default().registries;
-                self.backend.switch(slot_id, &p.idle_containers(), &creds).await.map_err(|e| e.to_string())
+                match self.backend.switch(slot_id, &p.idle_containers(), &creds).await {
+                    // Idle again for the backend too (Kubernetes: the Pod's phase label), before
+                    // the slot is offered to claims; a slot still marked claimed would make every
+                    // later claim of it conflict, so a failure here destroys it like a failed switch.
+                    Ok(obs) => self.backend.mark_released(slot_id).await.map(|()| obs).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
             None => Err("pool deleted".to_string()),
         };

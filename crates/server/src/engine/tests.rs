@@ -96,6 +96,36 @@ async fn warm_up_claim_same_image_and_release() {
 }
 
 #[tokio::test]
+async fn a_slot_claimed_elsewhere_is_skipped_and_released_slots_are_marked_idle() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 2, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 2).await;
+    // Another replica took one of the two idle slots (on Kubernetes: the Pod's phase label CAS).
+    let slots: Vec<String> = r.store.list_slots().unwrap().into_iter().map(|s| s.slot_id).collect();
+    r.backend.claimed_elsewhere(&slots[0]);
+    r.backend.claimed_elsewhere(&slots[1]);
+    let blocked =
+        tokio::time::timeout(Duration::from_millis(300), r.engine.create_sandbox(&auth, claim_req("p"))).await;
+    assert!(blocked.is_err() || blocked.unwrap().is_err(), "no slot may be claimed while both are taken elsewhere");
+    // The other replica lets go of one; the conflicted slots are requeued after a while.
+    r.backend.mark_released(&slots[1]).await.unwrap();
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    assert_eq!(sb.pod_name, slots[1], "the slot taken elsewhere was skipped");
+    let calls = r.backend.calls.lock().clone();
+    assert!(calls.iter().any(|c| c.starts_with(&format!("mark_claimed {} ", slots[0]))), "{calls:?}");
+    assert!(calls.contains(&format!("mark_claimed {} {}", slots[1], sb.sandbox_id)), "{calls:?}");
+    r.engine.delete_sandbox(&auth, &sb.sandbox_id).unwrap();
+    for _ in 0..300 {
+        if r.backend.calls.lock().iter().filter(|c| **c == format!("mark_released {}", slots[1])).count() >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the recycled slot was never marked released: {:?}", r.backend.calls.lock());
+}
+
+#[tokio::test]
 async fn image_switch_and_back_to_idle_image() {
     let r = rig().await;
     let auth = AuthInfo::dev_admin();
@@ -217,6 +247,27 @@ async fn dead_main_container_fails_the_sandbox() {
             assert_eq!(cur.failure_reason.as_deref(), Some("OOMKilled"));
             assert_eq!(cur.exit_code, Some(137));
             wait_idle(&r, "p", 1).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sandbox never failed");
+}
+
+#[tokio::test]
+async fn a_failure_the_backend_reports_is_the_sandbox_failure_reason() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 1, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 1).await;
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    r.backend.fail_slot(&sb.pod_name, "Evicted", "the node was low on resource: memory");
+    for _ in 0..200 {
+        let cur = r.engine.get_sandbox(&auth, &sb.sandbox_id).unwrap();
+        if cur.status == SandboxStatus::Failed {
+            assert_eq!(cur.failure_reason.as_deref(), Some("Evicted"));
+            let msg = cur.failure_message.unwrap_or_default();
+            assert!(msg.contains("low on resource"), "{msg}");
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
