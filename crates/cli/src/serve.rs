@@ -96,6 +96,14 @@ pub struct ServeArgs {
     /// `--backend kubernetes`: path of the static `agentbox-envd` inside `--k8s-agent-image`.
     #[arg(long, env = "AGENTBOX_K8S_AGENT_BINARY", default_value = "/usr/local/bin/agentbox-envd")]
     pub k8s_agent_binary: String,
+    /// `--backend kubernetes`: namespace of the Lease that elects the one replica running the
+    /// reconcilers (default: the Pod's namespace from `POD_NAMESPACE`, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub k8s_lease_namespace: String,
+    /// `--backend kubernetes`: this replica's identity in the Lease (default: `HOSTNAME`, the Pod
+    /// name, plus the process id).
+    #[arg(long, env = "AGENTBOX_K8S_IDENTITY")]
+    pub k8s_identity: Option<String>,
     /// Days terminal sandboxes stay in the history store.
     #[arg(long, env = "AGENTBOX_HISTORY_RETENTION_DAYS", default_value_t = 7)]
     pub history_retention_days: u64,
@@ -271,7 +279,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating data dir {}", a.data_dir.display()))?;
     let store = agentbox_store_sqlite::SqliteStore::open(&a.data_dir.join("agentbox.db"))
         .with_context(|| format!("opening the store in {}", a.data_dir.display()))?;
-    let (backend, images, agent_port) = match a.backend {
+    let (backend, images, agent_port, leader) = match a.backend {
         BackendKind::Local => local_backend(&a).await?,
         BackendKind::Kubernetes => kubernetes_backend(&a).await?,
     };
@@ -288,6 +296,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
             cluster_id: a.cluster_id.clone(),
             proxy_base_url: Some(format!("http://{proxy_addr}")),
             agent_port,
+            leader,
             ..Default::default()
         },
     );
@@ -354,8 +363,14 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
 }
 
 /// What `run` needs of a backend: the backend, the image store of the image endpoints (local
-/// only: on Kubernetes the kubelet pulls images), and the agent's port when sandboxes have one.
-type BackendParts = (Arc<dyn agentbox_core::backend::Backend>, Option<agentbox_images::ImageStore>, Option<u16>);
+/// only: on Kubernetes the kubelet pulls images), the agent's port when sandboxes have one, and
+/// the leadership signal when several replicas may run (Kubernetes).
+type BackendParts = (
+    Arc<dyn agentbox_core::backend::Backend>,
+    Option<agentbox_images::ImageStore>,
+    Option<u16>,
+    Option<tokio::sync::watch::Receiver<bool>>,
+);
 
 /// The local container backend in the data dir.
 async fn local_backend(a: &ServeArgs) -> Result<BackendParts> {
@@ -368,7 +383,7 @@ async fn local_backend(a: &ServeArgs) -> Result<BackendParts> {
     cfg.agent_binary = agent_binary(a.agent_binary.as_deref())?;
     let agent_port = cfg.agent_binary.is_some().then_some(agentbox_backend_local::AGENT_PORT);
     let backend = agentbox_backend_local::LocalBackend::new(cfg).await.context("starting the local backend")?;
-    Ok((Arc::new(backend), Some(images), agent_port))
+    Ok((Arc::new(backend), Some(images), agent_port, None))
 }
 
 /// The Kubernetes backend: connect with `KUBECONFIG` / `~/.kube/config` / the in-cluster service
@@ -396,7 +411,21 @@ async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
     // Claims read slot Pods from a watch-fed cache instead of a GET each.
     let (pods, informer) = agentbox_backend_k8s::informer::pod_informer(backend.client().clone());
     tokio::spawn(informer);
-    Ok((Arc::new(backend.with_pod_cache(pods)), None, agent_port))
+    // Only the holder of the Lease runs the reconcilers; every replica serves the API. The Lease
+    // is given up when the process stops (the sender lives until then).
+    let identity = a.k8s_identity.clone().unwrap_or_else(|| {
+        format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "agentbox".into()), std::process::id())
+    });
+    let lease =
+        agentbox_backend_k8s::leader::LeaseConfig::new(&a.k8s_lease_namespace, "agentbox-reconcilers", identity);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (leader, _task) =
+        agentbox_backend_k8s::leader::LeaderElector::new(backend.client().clone(), lease).spawn(stop_rx);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    Ok((Arc::new(backend.with_pod_cache(pods)), None, agent_port, Some(leader)))
 }
 
 fn effective_uid() -> u32 {

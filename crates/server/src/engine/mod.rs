@@ -74,6 +74,9 @@ pub struct EngineConfig {
     /// Port of the in-sandbox agent when the backend starts one (`None`: exec and terminals
     /// always go through the backend).
     pub agent_port: Option<u16>,
+    /// Leadership among server replicas (Kubernetes: a Lease, `backend_k8s::leader`): the pool
+    /// reconcilers run only while it says `true`. `None`: this is the only replica, always leading.
+    pub leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +91,7 @@ impl Default for EngineConfig {
             idle_sweep_interval: Duration::from_secs(1),
             cluster_id: "local".into(),
             agent_port: None,
+            leader: None,
         }
     }
 }

@@ -44,9 +44,30 @@ impl Engine {
             .collect())
     }
 
+    /// Whether this replica runs the reconcilers now (see [`super::EngineConfig::leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.cfg.leader.as_ref().is_none_or(|rx| *rx.borrow())
+    }
+
     pub(crate) async fn run_reconciler(self: Arc<Self>, rt: Arc<PoolRt>) {
         let mut stop = self.shutdown.subscribe();
+        let mut leader = self.cfg.leader.clone();
         loop {
+            if let Some(rx) = leader.as_mut()
+                && !*rx.borrow_and_update()
+            {
+                // Another replica holds the Lease: this one only serves the API. Wait until it leads.
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            tracing::warn!(pool = %rt.key.1, "leader election ended; this replica stops reconciling");
+                            return;
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
             match self.reconcile_pool(&rt).await {
                 Ok(true) => {}
                 Ok(false) => {

@@ -126,6 +126,26 @@ async fn a_slot_claimed_elsewhere_is_skipped_and_released_slots_are_marked_idle(
 }
 
 #[tokio::test]
+async fn only_the_leader_reconciles() {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (store, backend) = (Arc::new(MemoryStore::new()), Arc::new(FakeBackend::new()));
+    let engine = Engine::new(store.clone(), backend.clone(), EngineConfig { leader: Some(rx), ..cfg() });
+    engine.start().await.unwrap();
+    let r = Rig { engine, store, backend };
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 2, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!r.engine.is_leader());
+    assert!(
+        !r.backend.calls.lock().iter().any(|c| c.starts_with("create")),
+        "a replica without the Lease must not create slots"
+    );
+    tx.send(true).unwrap();
+    wait_idle(&r, "p", 2).await;
+    assert!(r.engine.is_leader());
+}
+
+#[tokio::test]
 async fn image_switch_and_back_to_idle_image() {
     let r = rig().await;
     let auth = AuthInfo::dev_admin();
