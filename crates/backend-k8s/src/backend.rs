@@ -9,7 +9,7 @@ use agentbox_core::model::{ContainerSpec, RegistryCredential};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -507,15 +507,55 @@ impl Backend for KubeBackend {
         }
     }
 
-    async fn logs(
-        &self,
-        _slot_id: &str,
-        _container: Option<&str>,
-        _lines: usize,
-    ) -> Result<Vec<LogLine>, BackendError> {
-        Err(BackendError::Unsupported(
-            "logs on the kubernetes backend go through the in-sandbox agent; the pods/log fallback is not built yet"
-                .into(),
-        ))
+    /// The `pods/log` subresource of the slot's Pod, with timestamps: the last `lines` lines (all
+    /// when 0) of the named container, or of every container in the Pod's order. Runtimes' own logs
+    /// inside the sandbox go through the agent instead.
+    async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
+        let (ns, pod) = self.find_required(slot_id).await?;
+        let names: Vec<String> =
+            pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+        let wanted: Vec<String> = match container {
+            Some(c) if names.iter().any(|n| n == c) => vec![c.to_owned()],
+            Some(c) => return Err(BackendError::ContainerNotFound { slot: slot_id.into(), container: c.into() }),
+            None => names,
+        };
+        let mut out = Vec::new();
+        for name in wanted {
+            let params = LogParams {
+                container: Some(name.clone()),
+                timestamps: true,
+                tail_lines: (lines > 0).then_some(lines as i64),
+                ..Default::default()
+            };
+            let text = match self.pods(&ns).logs(slot_id, &params).await {
+                Ok(t) => t,
+                // A container that has not started yet has no log: nothing to show.
+                Err(e) if is_code(&e, 400) => String::new(),
+                Err(e) => return Err(KubeError::from(e).into()),
+            };
+            out.extend(text.lines().map(|l| parse_log_line(&name, l)));
+        }
+        Ok(out)
     }
+}
+
+/// One line of `pods/log?timestamps=true`: `<RFC 3339 time> <text>`. The kubelet merges stdout
+/// and stderr, so the stream is reported as `stdout`.
+fn parse_log_line(container: &str, line: &str) -> LogLine {
+    let (timestamp, text) = match line.split_once(' ') {
+        Some((ts, rest)) if chrono_like(ts) => (Some(ts.to_owned()), rest),
+        _ => (None, line),
+    };
+    LogLine {
+        timestamp,
+        container: container.to_owned(),
+        stream: "stdout".into(),
+        line: text.to_owned(),
+        older_dropped: false,
+    }
+}
+
+/// Whether `s` looks like the RFC 3339 timestamp the kubelet prefixes (`2026-01-02T03:04:05.…Z`).
+fn chrono_like(s: &str) -> bool {
+    s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T' && (s.ends_with('Z') || s.contains('+'))
 }

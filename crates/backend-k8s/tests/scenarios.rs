@@ -299,7 +299,7 @@ async fn list_slots_lists_agentbox_pods_in_every_namespace() {
 }
 
 #[tokio::test]
-async fn exec_and_logs_say_they_go_through_the_agent() {
+async fn exec_says_it_goes_through_the_agent() {
     let (client, _server) = mock(vec![]);
     let backend = KubeBackend::new(client, cfg());
     let req = agentbox_core::backend::ExecRequest {
@@ -313,8 +313,38 @@ async fn exec_and_logs_say_they_go_through_the_agent() {
     };
     let err = backend.exec("x", &req).await.unwrap_err().to_string();
     assert!(err.contains("in-sandbox agent"), "{err}");
-    let err = backend.logs("x", None, 0).await.unwrap_err().to_string();
-    assert!(err.contains("in-sandbox agent"), "{err}");
+}
+
+#[tokio::test]
+async fn logs_come_from_pods_log_with_timestamps() {
+    let list = |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items});
+    let text = "2026-11-29T03:00:00.123456789Z hello\n2026-11-29T03:00:01.5Z  indented line\n";
+    let (client, server) = mock(vec![
+        Step {
+            query: vec!["labelSelector=agentbox.dev/pool", "fieldSelector=metadata.name=py-0000abcd"],
+            ..step("GET", "/api/v1/pods", 200, list(vec![pod("python", ours(), running("python", "containerd://a"))]))
+        },
+        Step {
+            query: vec!["container=main", "timestamps=true", "tailLines=50"],
+            ..step("GET", format!("{POD}/log"), 200, Value::String(text.into()))
+        },
+        // The namespace is remembered: a GET of the Pod, then a container that is not there.
+        step("GET", POD, 200, pod("python", ours(), running("python", "containerd://a"))),
+    ]);
+    let backend = KubeBackend::new(client, cfg());
+    let lines = backend.logs("py-0000abcd", None, 50).await.unwrap();
+    let got: Vec<_> = lines.iter().map(|l| (l.timestamp.as_deref(), l.container.as_str(), l.line.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some("2026-11-29T03:00:00.123456789Z"), "main", "hello"),
+            (Some("2026-11-29T03:00:01.5Z"), "main", " indented line"),
+        ]
+    );
+    let err = backend.logs("py-0000abcd", Some("sidecar"), 0).await.unwrap_err();
+    assert!(matches!(err, BackendError::ContainerNotFound { .. }), "{err}");
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 3);
 }
 
 fn version() -> Value {

@@ -7,6 +7,8 @@
 pub mod autoscale;
 pub mod backend;
 pub mod claim;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod duration;
 pub mod error;
 pub mod identity;

@@ -77,11 +77,18 @@ pub fn mock(steps: Vec<Step>) -> (kube::Client, tokio::task::JoinHandle<Vec<Seen
                     .unwrap_or_default(),
                 body: if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() },
             });
-            let resp = Response::builder()
-                .status(s.status)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&s.answer).unwrap()))
-                .unwrap();
+            // A string answer is sent as plain text (e.g. `pods/log`), anything else as JSON.
+            let resp = match &s.answer {
+                Value::String(text) => Response::builder()
+                    .status(s.status)
+                    .header("content-type", "text/plain")
+                    .body(Body::from(text.clone().into_bytes())),
+                other => Response::builder()
+                    .status(s.status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(other).unwrap())),
+            }
+            .unwrap();
             send.send_response(resp);
         }
         seen
