@@ -66,6 +66,8 @@ pub struct KubeBackend {
     reservations: Reservations,
     /// Informer cache of the slot Pods ([`crate::informer`]), read by claims when set.
     pod_cache: Option<kube::runtime::reflector::Store<Pod>>,
+    /// Where warnings go as Events ([`crate::events`]), when set.
+    warnings: Option<crate::events::Warnings>,
 }
 
 impl KubeBackend {
@@ -78,6 +80,7 @@ impl KubeBackend {
             namespaces: Mutex::new(HashMap::new()),
             reservations: Reservations::default(),
             pod_cache: None,
+            warnings: None,
         }
     }
 
@@ -123,6 +126,12 @@ impl KubeBackend {
 
     /// Let claims read slot Pods from this informer cache (see [`crate::informer::pod_informer`])
     /// instead of a GET each. A Pod missing from the cache is read from the API.
+    /// Publish the engine's warnings as Kubernetes Events (see [`Backend::warning`]).
+    pub fn with_warnings(mut self, warnings: crate::events::Warnings) -> Self {
+        self.warnings = Some(warnings);
+        self
+    }
+
     pub fn with_pod_cache(mut self, cache: kube::runtime::reflector::Store<Pod>) -> Self {
         self.pod_cache = Some(cache);
         self
@@ -398,6 +407,18 @@ impl Backend for KubeBackend {
              the pods/exec fallback is not built yet"
                 .into(),
         ))
+    }
+
+    /// An Event on the slot's Pod, else on the `SandboxPool`; a failure to publish is logged.
+    async fn warning(&self, namespace: &str, pool: &str, slot: Option<&str>, reason: &str, message: &str) {
+        let Some(w) = &self.warnings else { return };
+        let res = match slot {
+            Some(s) => w.slot(namespace, s, reason, "Reconcile", message).await,
+            None => w.pool(namespace, pool, reason, "Reconcile", message).await,
+        };
+        if let Err(e) = res {
+            tracing::debug!(namespace, pool, reason, error = %e, "cannot publish the warning as an Event");
+        }
     }
 
     async fn inspect(&self, slot_id: &str) -> Result<SlotObservation, BackendError> {

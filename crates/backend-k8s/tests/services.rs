@@ -256,3 +256,22 @@ async fn warnings_become_events_and_a_repeat_counts_in_a_series() {
         json!({"apiVersion": "agentbox.dev/v1alpha1", "kind": "SandboxPool", "name": "py", "namespace": "team-a"})
     );
 }
+
+#[tokio::test]
+async fn the_backend_publishes_engine_warnings_as_events() {
+    use agentbox_backend_k8s::{KubeBackend, KubeBackendConfig};
+    use agentbox_core::backend::Backend;
+    let events = "/apis/events.k8s.io/v1/namespaces/team-a/events";
+    let answer = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}});
+    let (client, server) = mock(vec![step("POST", events, 201, answer.clone()), step("POST", events, 201, answer)]);
+    let backend = KubeBackend::new(client.clone(), KubeBackendConfig::default())
+        .with_warnings(Warnings::new(client, "agentbox-0"));
+    backend.warning("team-a", "py", Some("py-0000abcd"), "ImagePullBackOff", "pull failed").await;
+    backend.warning("team-a", "py", None, "CrashLoop", "idle container keeps dying").await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[0].body["regarding"]["kind"], "Pod");
+    assert_eq!(seen[0].body["reason"], "ImagePullBackOff");
+    assert_eq!(seen[1].body["regarding"]["kind"], "SandboxPool");
+    assert_eq!(seen[1].body["regarding"]["name"], "py");
+    assert_eq!(seen[1].body["note"], "idle container keeps dying");
+}

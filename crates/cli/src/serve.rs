@@ -416,6 +416,7 @@ async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
     let identity = a.k8s_identity.clone().unwrap_or_else(|| {
         format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "agentbox".into()), std::process::id())
     });
+    let lease_identity = identity.clone();
     let lease =
         agentbox_backend_k8s::leader::LeaseConfig::new(&a.k8s_lease_namespace, "agentbox-reconcilers", identity);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -425,7 +426,8 @@ async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    Ok((Arc::new(backend.with_pod_cache(pods)), None, agent_port, Some(leader)))
+    let warnings = agentbox_backend_k8s::events::Warnings::new(backend.client().clone(), lease_identity);
+    Ok((Arc::new(backend.with_pod_cache(pods).with_warnings(warnings)), None, agent_port, Some(leader)))
 }
 
 fn effective_uid() -> u32 {

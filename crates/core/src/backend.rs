@@ -290,6 +290,14 @@ pub trait Backend: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Publish a warning about pool `pool` in `namespace` (or one of its slots) where the
+    /// backend's own tooling shows it (Kubernetes: an Event on the Pod or the `SandboxPool`, seen
+    /// by `kubectl describe`). Best effort: failures are the backend's to log. Default: nothing
+    /// (the local backend's warnings are the pool events of the API).
+    async fn warning(&self, namespace: &str, pool: &str, slot: Option<&str>, reason: &str, message: &str) {
+        let _ = (namespace, pool, slot, reason, message);
+    }
+
     /// Record in the backend that `slot_id` now belongs to `sandbox_id`, atomically: the call
     /// succeeds for exactly one of several concurrent claimers of an idle slot (in this process or
     /// in another server replica); the others get [`BackendError::Conflict`] and must requeue and

@@ -156,6 +156,9 @@ impl Backend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
     }
+    async fn warning(&self, namespace: &str, pool: &str, slot: Option<&str>, reason: &str, _message: &str) {
+        self.calls.lock().push(format!("warning {namespace}/{pool} {} {reason}", slot.unwrap_or("-")));
+    }
     async fn mark_claimed(&self, slot_id: &str, sandbox_id: &str) -> Result<(), BackendError> {
         self.calls.lock().push(format!("mark_claimed {slot_id} {sandbox_id}"));
         if self.taken_elsewhere.lock().contains(slot_id) {

@@ -114,6 +114,15 @@ impl Engine {
             PoolEventType::Warning => tracing::warn!(%ns, %pool, slot = slot_s, reason, "pool event: {message}"),
         }
         rt.events.lock().record(kind, reason, message, slot, now());
+        if kind == PoolEventType::Warning
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            // Also where the backend's own tooling shows warnings (Kubernetes Events); never waited for.
+            let backend = self.backend.clone();
+            let (ns, pool, slot, reason, message) =
+                (ns.clone(), pool.clone(), slot.map(str::to_owned), reason.to_owned(), message.to_owned());
+            handle.spawn(async move { backend.warning(&ns, &pool, slot.as_deref(), &reason, &message).await });
+        }
     }
 }
 

@@ -246,7 +246,19 @@ async fn broken_image_shows_a_diagnostic() {
         if let Some(d) = v.status.diagnostics.first() {
             assert_eq!(d.reason, "ImagePullBackOff");
             assert_eq!(v.status.counts.failed, 1);
-            return;
+            // The warning also went to the backend (Kubernetes publishes it as an Event).
+            for _ in 0..100 {
+                if r.backend
+                    .calls
+                    .lock()
+                    .iter()
+                    .any(|c| c.starts_with("warning default/p ") && c.ends_with(" ImagePullBackOff"))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no warning reached the backend: {:?}", r.backend.calls.lock());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
