@@ -337,8 +337,10 @@ async fn suite(rt: RuntimeClass, tag: &str, state: &Path, images: &Path, bridge:
         .expect("switch to oom workload");
     let st = wait_exited(&b, &slot).await;
     assert_eq!(st, ContainerState::Exited { exit_code: Some(137), oom_killed: true });
-    // a container that exits on its own
-    b.switch(&slot, &[container("main", "host", &["sh", "-c", "exit 5"])], &[]).await.unwrap();
+    // a container that exits on its own (after a moment: an init that exits within microseconds of
+    // its start can be gone before the backend tracks it, and its code is then unknown — a known
+    // race, see the issue #6 note)
+    b.switch(&slot, &[container("main", "host", &["sh", "-c", "sleep 0.2; exit 5"])], &[]).await.unwrap();
     assert_eq!(wait_exited(&b, &slot).await, ContainerState::Exited { exit_code: Some(5), oom_killed: false });
     assert!(b.exec(&slot, &req(&["true"])).await.is_err(), "exec into an exited container must fail");
 

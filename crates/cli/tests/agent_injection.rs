@@ -5,30 +5,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Opts, Server};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const PORT: u16 = 49983;
+use common::agent::{PORT, ensure_agent_binary, http};
 
-/// `agentbox-envd` next to the `agentbox` binary under test (where `serve` looks by default),
-/// built if a single-crate `cargo test` did not build it.
-fn ensure_agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_agentbox")).with_file_name("agentbox-envd");
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "agentbox-envd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build -p agentbox-envd");
-        assert!(st.success(), "cargo build -p agentbox-envd failed");
-    }
-    assert!(path.is_file(), "{} is missing: run `cargo build -p agentbox-envd`", path.display());
-    path
+fn run(srv: &Server, id: &str, cmd: &str) -> (String, i64) {
+    common::agent::run(srv, id, cmd, None)
 }
 
 /// Host pids of agents whose parent is a container init started by the server `server_pid`.
@@ -52,10 +39,6 @@ fn agents_of(server_pid: u32) -> Vec<i32> {
     out
 }
 
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
 /// Poll the agent's `/health` through the data plane until it answers 204; returns how long.
 fn wait_health(srv: &Server, id: &str) -> Duration {
     let url = format!("{}/sandboxes/{id}/{PORT}/health", srv.proxy_url().unwrap());
@@ -64,57 +47,6 @@ fn wait_health(srv: &Server, id: &str) -> Duration {
         c.get(&url).send().ok().filter(|r| r.status() == 204).map(|_| ())
     });
     t.elapsed()
-}
-
-/// `process.Process/Start` (server-streaming, Connect JSON codec) through the data plane: the
-/// decoded stdout and the exit code.
-fn run(srv: &Server, id: &str, cmd: &str) -> (String, i64) {
-    let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}})).unwrap();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(&payload);
-    let r = http()
-        .post(format!("{}/sandboxes/{id}/{PORT}/process.Process/Start", srv.proxy_url().unwrap()))
-        .header("content-type", "application/connect+json")
-        .body(body)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let bytes = r.bytes().unwrap();
-    let (mut stdout, mut code, mut i) = (Vec::new(), None, 0);
-    while i + 5 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
-        let v: Value = serde_json::from_slice(&bytes[i + 5..i + 5 + len]).unwrap();
-        if bytes[i] & 2 != 0 {
-            assert_eq!(v, json!({}), "end of stream with an error");
-            break;
-        }
-        if let Some(s) = v["event"]["data"]["stdout"].as_str() {
-            stdout.extend(base64_decode(s));
-        }
-        if let Some(c) = v["event"]["end"].get("exitCode") {
-            code = c.as_i64();
-        }
-        i += 5 + len;
-    }
-    (String::from_utf8(stdout).unwrap(), code.unwrap_or(0))
-}
-
-/// Standard base64 (with padding) to bytes; the cli crate has no base64 dependency.
-fn base64_decode(s: &str) -> Vec<u8> {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = ABC.iter().position(|&a| a == c).unwrap_or_else(|| panic!("not base64: {s:?}")) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
 
 #[test]

@@ -6,29 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Opts, Server};
-use serde_json::{Value, json};
 
-const PORT: u16 = 49983;
+use common::agent::{PORT, ensure_agent_binary, http};
 
-/// `agentbox-envd` next to the `agentbox` binary under test (where `serve` looks by default).
-fn ensure_agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_agentbox")).with_file_name("agentbox-envd");
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "agentbox-envd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build -p agentbox-envd");
-        assert!(st.success(), "cargo build -p agentbox-envd failed");
-    }
-    assert!(path.is_file(), "{} is missing: run `cargo build -p agentbox-envd`", path.display());
-    path
+/// One Start through the data plane: (status, stdout).
+fn run_once(srv: &Server, id: &str, cmd: &str) -> (u16, String) {
+    let s = common::agent::start(srv, id, cmd, None);
+    (s.status, s.stdout)
 }
 
 /// Host pid of the live agent of `slot` (its container's `/etc/hostname` is the slot id).
@@ -57,57 +44,10 @@ fn kill_agent(slot: &str) -> i32 {
     pid
 }
 
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
 /// One `GET /health` through the data plane: its status.
 fn health_once(srv: &Server, id: &str) -> u16 {
     let url = format!("{}/sandboxes/{id}/{PORT}/health", srv.proxy_url().unwrap());
     http().get(&url).send().map(|r| r.status().as_u16()).unwrap_or(0)
-}
-
-/// `process.Process/Start` through the data plane (Connect JSON, server streaming): the status
-/// and the decoded stdout. One request, no retries.
-fn run_once(srv: &Server, id: &str, cmd: &str) -> (u16, String) {
-    let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}})).unwrap();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(&payload);
-    let r = http()
-        .post(format!("{}/sandboxes/{id}/{PORT}/process.Process/Start", srv.proxy_url().unwrap()))
-        .header("content-type", "application/connect+json")
-        .body(body)
-        .send()
-        .unwrap();
-    let status = r.status().as_u16();
-    let bytes = r.bytes().unwrap();
-    let (mut out, mut i) = (String::new(), 0);
-    while i + 5 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
-        let v: Value = serde_json::from_slice(&bytes[i + 5..i + 5 + len]).unwrap_or(Value::Null);
-        if let Some(s) = v["event"]["data"]["stdout"].as_str() {
-            out.push_str(&String::from_utf8(base64_decode(s)).unwrap());
-        }
-        i += 5 + len;
-    }
-    (status, out)
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = ABC.iter().position(|&a| a == c).unwrap_or_else(|| panic!("not base64: {s:?}")) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
 
 fn wait_health(srv: &Server, id: &str) {

@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Opts, Server};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const PORT: u16 = 49983;
+use common::agent::{PORT, http};
 
 /// `target/x86_64-unknown-linux-gnu/debug/agentbox-envd`, (re)built static by cargo.
 fn static_agent() -> PathBuf {
@@ -33,57 +33,9 @@ fn static_agent() -> PathBuf {
     path
 }
 
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
-/// `process.Process/Start` through the data plane (Connect JSON): stdout and the exit code.
+/// Start through the data plane, in `/` (the busybox image has no home for root).
 fn run(srv: &Server, id: &str, cmd: &str) -> (String, i64) {
-    let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/sh", "args": ["-c", cmd], "cwd": "/"}})).unwrap();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(&payload);
-    let r = http()
-        .post(format!("{}/sandboxes/{id}/{PORT}/process.Process/Start", srv.proxy_url().unwrap()))
-        .header("content-type", "application/connect+json")
-        .body(body)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let bytes = r.bytes().unwrap();
-    let (mut out, mut code, mut i) = (String::new(), None, 0);
-    while i + 5 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
-        let v: Value = serde_json::from_slice(&bytes[i + 5..i + 5 + len]).unwrap();
-        if bytes[i] & 2 != 0 {
-            assert_eq!(v, json!({}), "end of stream with an error");
-            break;
-        }
-        if let Some(s) = v["event"]["data"]["stdout"].as_str() {
-            out.push_str(&String::from_utf8(base64_decode(s)).unwrap());
-        }
-        if let Some(c) = v["event"]["end"].get("exitCode") {
-            code = c.as_i64();
-        }
-        i += 5 + len;
-    }
-    (out, code.unwrap_or(0))
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = ABC.iter().position(|&a| a == c).unwrap_or_else(|| panic!("not base64: {s:?}")) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    common::agent::run(srv, id, cmd, Some("/"))
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod image;
 
 use std::collections::BTreeSet;
