@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (e.g. sudo scripts/quickstart.sh)" >&2; exit 2; }
 scripts/install-deps.sh
-# agentbox-envd (the in-sandbox agent for E2B commands/files) is found next to agentbox.
+# agentbox-envd (the in-sandbox agent for E2B commands/files) is found next to agentbox; the static
+# build (runs in images without glibc too) is preferred by `serve` when it is the newest.
 cargo build --release --locked -p agentbox -p agentbox-envd
+scripts/build-agent.sh
 bin=target/release/agentbox
 export AGENTBOX_ENDPOINT=http://127.0.0.1:8080
 stop_hint="the server was already running"
