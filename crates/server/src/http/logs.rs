@@ -58,7 +58,15 @@ pub async fn logs_stream(
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (Ok::<_, Infallible>(Bytes::from(item.to_ndjson())), rx))
     });
-    Ok((
+    Ok(ndjson_response(body))
+}
+
+/// A streamed newline-delimited JSON answer, not cached or buffered by proxies on the way.
+pub(crate) fn ndjson_response<S>(body: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    (
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -66,7 +74,7 @@ pub async fn logs_stream(
         ],
         Body::from_stream(body),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Body of `PUT /v1/sandboxes/{id}/timeout` (for the OpenAPI document: the handler parses the
