@@ -111,7 +111,7 @@ impl Engine {
     }
 
     /// After the agent of `sb` refused a connection: asks the backend to start it again (it may
-    /// have died or been killed inside the sandbox). True when it was restarted and answers.
+    /// have died or been killed inside the sandbox, or still be starting). True when it was restarted.
     pub(crate) async fn revive_agent(&self, sb: &Sandbox) -> bool {
         match self.backend.ensure_agent(&sb.pod_name).await {
             Ok(restarted) => {
@@ -199,7 +199,10 @@ impl Engine {
             };
             let caller = Caller { user: req.user.clone() };
             let mut first = self.agent.start(&ip, &caller, &start).await;
-            if matches!(first, Err(AgentError::Unavailable(_))) && self.revive_agent(sb).await {
+            if matches!(first, Err(AgentError::Unavailable(_))) {
+                // Retry whatever `ensure_agent` says: a start in flight may have finished between
+                // the refused connection and its probe (then it reports nothing restarted).
+                self.revive_agent(sb).await;
                 first = self.agent.start(&ip, &caller, &start).await;
             }
             match first {

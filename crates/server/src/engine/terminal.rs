@@ -166,7 +166,8 @@ impl Engine {
         };
         if let Some(ip) = self.agent_ip(&sb) {
             let mut first = self.agent_terminal(&ip, &req).await;
-            if matches!(first, Err(AgentError::Unavailable(_))) && self.revive_agent(&sb).await {
+            if matches!(first, Err(AgentError::Unavailable(_))) {
+                self.revive_agent(&sb).await;
                 first = self.agent_terminal(&ip, &req).await;
             }
             match first {
