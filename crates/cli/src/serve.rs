@@ -71,6 +71,8 @@ pub struct ServeArgs {
     /// This cluster's id (pool docs, cross-cluster ids, `GET /v1/clusters`).
     #[arg(long, env = "AGENTBOX_CLUSTER_ID", default_value = "local")]
     pub cluster_id: String,
+    /// The multi-cluster catalog (YAML `clusters: [{id, name, nativeUrl, e2bUrl, proxyUrl, headers}]`),
+    /// re-read every 2 s; this server then routes `cluster::pool` and `cluster.uuid` requests.
     #[arg(long, env = "AGENTBOX_CLUSTERS_CONFIG")]
     pub clusters_config: Option<PathBuf>,
     /// Do not create the `default` template and pool.
@@ -264,9 +266,20 @@ async fn ensure_defaults(engine: &Arc<Engine>, size: u32, template: TemplateSpec
 
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     init_tracing(a.log_format);
-    if a.clusters_config.is_some() {
-        bail!("--clusters-config is not supported by this build yet (multi-cluster routing comes with the gateway)");
+    if !agentbox_server::gateway::catalog::valid_cluster_id(&a.cluster_id) {
+        bail!(
+            "--cluster-id {:?} is not valid: use 1-63 lowercase letters, digits and '-' (it appears in sandbox ids as `id.uuid`)",
+            a.cluster_id
+        );
     }
+    let catalog = match &a.clusters_config {
+        Some(path) => Arc::new(
+            agentbox_server::gateway::Catalog::load(path, &a.cluster_id).context("loading --clusters-config")?,
+        ),
+        None => Arc::new(agentbox_server::gateway::Catalog::local_only(&a.cluster_id)),
+    };
+    catalog.watch(std::time::Duration::from_secs(2));
+    let gateway = Arc::new(agentbox_server::gateway::Gateway::new(catalog, Default::default()));
     if a.admin_key.as_deref().is_some_and(|k| k.len() < 16) {
         bail!("--admin-key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)");
     }
@@ -322,7 +335,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         }),
     };
     let dev_mode = auth_cfg.admin_key.is_none();
-    let state = AppState::with_auth(Arc::clone(&engine), images, auth_cfg);
+    let state = AppState::with_gateway(Arc::clone(&engine), images, auth_cfg, Arc::clone(&gateway));
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
     if dev_mode {

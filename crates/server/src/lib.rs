@@ -5,6 +5,7 @@ pub mod auth;
 pub mod authn;
 pub mod e2b;
 pub mod engine;
+pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod proxy;

@@ -221,6 +221,12 @@ pub async fn admin_namespaces(
 #[utoipa::path(get, path = "/v1/clusters", tag = "meta",
     responses((status = 200, body = ClusterList), (status = 401, body = ErrorBody)))]
 pub async fn clusters(State(st): State<Arc<AppState>>, _auth: AuthInfo) -> ApiResult<Json<ClusterList>> {
-    let id = st.engine.cluster_id().to_string();
-    Ok(Json(ClusterList { clusters: vec![ClusterSummary { name: id.clone(), id, local: true }] }))
+    let clusters = st
+        .gateway
+        .catalog()
+        .summaries()
+        .into_iter()
+        .map(|c| ClusterSummary { id: c.id, name: c.name, local: c.local })
+        .collect();
+    Ok(Json(ClusterList { clusters }))
 }

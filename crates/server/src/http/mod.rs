@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 use crate::auth::AuthInfo;
 use crate::authn::{AuthConfig, Authenticator};
 use crate::engine::Engine;
+use crate::gateway::Gateway;
 pub use error::{ApiError, ErrorBody};
 
 /// Shared state of every handler.
@@ -34,6 +35,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub images: Option<agentbox_images::ImageStore>,
     pub auth: Arc<Authenticator>,
+    /// The cluster catalog and the client that forwards requests to other clusters.
+    pub gateway: Arc<Gateway>,
 }
 
 impl AppState {
@@ -48,8 +51,19 @@ impl AppState {
         images: Option<agentbox_images::ImageStore>,
         cfg: AuthConfig,
     ) -> Arc<AppState> {
+        let gateway = Arc::new(Gateway::local_only(engine.cluster_id()));
+        Self::with_gateway(engine, images, cfg, gateway)
+    }
+
+    /// State with the given authentication settings and multi-cluster gateway.
+    pub fn with_gateway(
+        engine: Arc<Engine>,
+        images: Option<agentbox_images::ImageStore>,
+        cfg: AuthConfig,
+        gateway: Arc<Gateway>,
+    ) -> Arc<AppState> {
         let auth = Arc::new(Authenticator::new(cfg, engine.store()));
-        Arc::new(AppState { engine, images, auth })
+        Arc::new(AppState { engine, images, auth, gateway })
     }
 }
 
