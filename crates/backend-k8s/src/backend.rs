@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use agentbox_core::backend::{Backend, BackendError, ExecOutput, ExecRequest, LogLine, SlotObservation, SlotSpec};
+use agentbox_core::backend::{
+    Backend, BackendError, ExecOutput, ExecRequest, LogFollow, LogLine, PoolStatusReport, PtyRequest, PtySession,
+    SlotObservation, SlotSpec,
+};
 use agentbox_core::model::{ContainerSpec, RegistryCredential};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -68,6 +71,12 @@ pub struct KubeBackend {
     pod_cache: Option<kube::runtime::reflector::Store<Pod>>,
     /// Where warnings go as Events ([`crate::events`]), when set.
     warnings: Option<crate::events::Warnings>,
+    /// Condition transition times of the pool statuses published, by (namespace, pool).
+    status_times: Mutex<HashMap<(String, String), crate::status::TransitionTimes>>,
+    /// Cumulative CPU counters integrated from metrics-server's rates ([`crate::usage`]).
+    cpu_clock: crate::usage::CpuClock,
+    /// CPU (nanocores) and memory (bytes) capacity by node name, for Pods without limits.
+    node_capacity: Mutex<HashMap<String, crate::usage::Capacity>>,
 }
 
 impl KubeBackend {
@@ -81,6 +90,9 @@ impl KubeBackend {
             reservations: Reservations::default(),
             pod_cache: None,
             warnings: None,
+            status_times: Mutex::new(HashMap::new()),
+            cpu_clock: Default::default(),
+            node_capacity: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +268,30 @@ impl KubeBackend {
         }
     }
 
+    /// CPU (nanocores) and memory (bytes) capacity of node `name`, read once and cached; unknown
+    /// (`None`) when the node cannot be read (e.g. no RBAC right to `get` nodes).
+    async fn node_capacity(&self, name: &str) -> crate::usage::Capacity {
+        if let Some(c) = self.node_capacity.lock().get(name) {
+            return *c;
+        }
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let cap = match nodes.get(name).await {
+            Ok(n) => {
+                let cap = n.status.and_then(|s| s.capacity).unwrap_or_default();
+                (
+                    cap.get("cpu").and_then(|q| crate::usage::parse_cpu_nanos(&q.0)),
+                    cap.get("memory").and_then(|q| agentbox_core::quantity::parse_memory_bytes(&q.0).ok()),
+                )
+            }
+            Err(e) => {
+                tracing::debug!(node = name, error = %e, "cannot read the node's capacity");
+                (None, None)
+            }
+        };
+        self.node_capacity.lock().insert(name.to_owned(), cap);
+        cap
+    }
+
     /// Remove our finalizer (if present) and delete the Pod; a missing Pod is fine.
     async fn remove_pod(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
         let pods = self.pods(namespace);
@@ -282,6 +318,24 @@ impl KubeBackend {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The container of `pod` an exec goes to: `name`, or the Pod's first (main) container; it must
+/// be running.
+fn exec_target(slot: &str, pod: &Pod, name: Option<&str>) -> Result<String, BackendError> {
+    let obs = observe(pod);
+    let c = match name {
+        Some(n) => obs.containers.iter().find(|c| c.name == n),
+        None => obs.containers.first(),
+    }
+    .ok_or_else(|| BackendError::ContainerNotFound {
+        slot: slot.to_owned(),
+        container: name.unwrap_or("0").to_owned(),
+    })?;
+    if !c.state.is_running() {
+        return Err(BackendError::NotRunning { slot: slot.to_owned(), container: c.name.clone() });
+    }
+    Ok(c.name.clone())
 }
 
 fn images_of(containers: &[ContainerSpec]) -> BTreeMap<String, String> {
@@ -401,12 +455,23 @@ impl Backend for KubeBackend {
         Ok(observe(&pod))
     }
 
-    async fn exec(&self, _slot_id: &str, _req: &ExecRequest) -> Result<ExecOutput, BackendError> {
-        Err(BackendError::Unsupported(
-            "exec on the kubernetes backend goes through the in-sandbox agent (port 49983); \
-             the pods/exec fallback is not built yet"
-                .into(),
-        ))
+    /// Through the `pods/exec` subresource (see [`crate::exec`]): the engine's fallback when the
+    /// in-sandbox agent does not answer, and the way into a named (sidecar) container.
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn exec(&self, slot_id: &str, req: &ExecRequest) -> Result<ExecOutput, BackendError> {
+        let argv = crate::exec::exec_command(&req.argv, &req.env, req.cwd.as_deref(), req.user.as_deref())?;
+        let (ns, pod) = self.find_required(slot_id).await?;
+        let container = exec_target(slot_id, &pod, req.container.as_deref())?;
+        crate::exec::run(&self.pods(&ns), slot_id, &container, argv, req.stdin.as_deref(), req.timeout).await
+    }
+
+    /// A terminal through `pods/exec` with `tty=true` (see [`crate::exec::start_pty`]).
+    #[tracing::instrument(skip_all, fields(slot = %slot_id))]
+    async fn exec_pty(&self, slot_id: &str, req: &PtyRequest) -> Result<PtySession, BackendError> {
+        let argv = crate::exec::exec_command(&req.argv, &req.env, req.cwd.as_deref(), None)?;
+        let (ns, pod) = self.find_required(slot_id).await?;
+        let container = exec_target(slot_id, &pod, req.container.as_deref())?;
+        crate::exec::start_pty(&self.pods(&ns), slot_id, &container, argv, req).await
     }
 
     /// An Event on the slot's Pod, else on the `SandboxPool`; a failure to publish is logged.
@@ -419,6 +484,93 @@ impl Backend for KubeBackend {
         if let Err(e) = res {
             tracing::debug!(namespace, pool, reason, error = %e, "cannot publish the warning as an Event");
         }
+    }
+
+    fn publishes_pool_status(&self) -> bool {
+        true
+    }
+
+    /// A merge patch of the `SandboxPool`'s status subresource (see [`crate::status::status_patch`]),
+    /// shown by `kubectl get sandboxpools`. A pool without an object in the cluster (404) is `Ok`.
+    async fn publish_pool_status(
+        &self,
+        namespace: &str,
+        pool: &str,
+        status: &PoolStatusReport,
+    ) -> Result<(), BackendError> {
+        let key = (namespace.to_owned(), pool.to_owned());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut times = self.status_times.lock().get(&key).cloned().unwrap_or_default();
+        let patch = crate::status::status_patch(pool, status, &mut times, &now);
+        let pools: Api<SandboxPool> = Api::namespaced(self.client.clone(), namespace);
+        match pools.patch_status(pool, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                self.status_times.lock().insert(key, times);
+                Ok(())
+            }
+            Err(e) if is_code(&e, 404) => {
+                tracing::debug!(namespace, pool, "no SandboxPool object: its status is not published");
+                Ok(())
+            }
+            Err(e) if is_code(&e, 403) => Err(BackendError::Runtime(format!(
+                "the server may not write the status of sandboxpool {namespace}/{pool} ({e}): grant it `patch` on \
+                 `sandboxpools/status` (deploy/kustomize/rbac.yaml)"
+            ))),
+            Err(e) => Err(KubeError::from(e).into()),
+        }
+    }
+
+    /// The Pod's `PodMetrics` from the metrics API (`metrics.k8s.io/v1beta1`, served by
+    /// metrics-server): memory is the working set, CPU a counter integrated from the measured rate
+    /// (see [`crate::usage::CpuClock`]); limits from the Pod spec, else the node's capacity (0
+    /// memory and 1 CPU when the node cannot be read). No page cache or disk figures (0).
+    /// [`BackendError::Unsupported`] when the cluster has no metrics API, or no sample of the Pod yet.
+    async fn slot_stats(&self, slot_id: &str) -> Result<agentbox_core::backend::SlotStats, BackendError> {
+        use kube::api::{ApiResource, DynamicObject};
+        let (ns, pod) = self.find_required(slot_id).await?;
+        let ar = ApiResource {
+            group: "metrics.k8s.io".into(),
+            version: "v1beta1".into(),
+            api_version: "metrics.k8s.io/v1beta1".into(),
+            kind: "PodMetrics".into(),
+            plural: "pods".into(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &ar);
+        let metrics = match api.get(slot_id).await {
+            Ok(m) => m,
+            Err(kube::Error::Api(s)) if s.code == 404 && s.message.contains(slot_id) => {
+                return Err(BackendError::Unsupported(format!(
+                    "metrics-server has no sample of pod {ns}/{slot_id} yet (it samples every 15 s or so): retry shortly"
+                )));
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 503 => {
+                return Err(BackendError::Unsupported(format!(
+                    "the kubernetes backend reads sandbox usage from the metrics API (metrics.k8s.io/v1beta1), which \
+                     this cluster does not serve ({}): install metrics-server, or use the Prometheus metrics at GET /metrics",
+                    s.message
+                )));
+            }
+            Err(e) => return Err(KubeError::from(e).into()),
+        };
+        let usage = crate::usage::pod_usage(&metrics.data).map_err(BackendError::Runtime)?;
+        let (mut cpu_limit, mut mem_limit) = crate::usage::pod_limits(&pod);
+        if (cpu_limit.is_none() || mem_limit.is_none())
+            && let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
+        {
+            let (cpu, mem) = self.node_capacity(&node).await;
+            cpu_limit = cpu_limit.or(cpu);
+            mem_limit = mem_limit.or(mem);
+        }
+        let cpu_count = cpu_limit.map_or(1, |n| n.div_ceil(1_000_000_000).max(1)) as u32;
+        Ok(agentbox_core::backend::SlotStats {
+            cpu_usage_usec: self.cpu_clock.advance(slot_id, usage.cpu_nanocores, Instant::now()),
+            cpu_count,
+            mem_used_bytes: usage.memory_bytes,
+            mem_cache_bytes: 0,
+            mem_total_bytes: mem_limit.unwrap_or(0),
+            disk_used_bytes: 0,
+            disk_total_bytes: 0,
+        })
     }
 
     async fn inspect(&self, slot_id: &str) -> Result<SlotObservation, BackendError> {
@@ -446,6 +598,7 @@ impl Backend for KubeBackend {
         let Some((ns, _)) = self.find(slot_id).await? else { return Ok(()) };
         self.remove_pod(&ns, slot_id).await?;
         self.namespaces.lock().remove(slot_id);
+        self.cpu_clock.forget(slot_id);
         Ok(())
     }
 
@@ -533,13 +686,7 @@ impl Backend for KubeBackend {
     /// inside the sandbox go through the agent instead.
     async fn logs(&self, slot_id: &str, container: Option<&str>, lines: usize) -> Result<Vec<LogLine>, BackendError> {
         let (ns, pod) = self.find_required(slot_id).await?;
-        let names: Vec<String> =
-            pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
-        let wanted: Vec<String> = match container {
-            Some(c) if names.iter().any(|n| n == c) => vec![c.to_owned()],
-            Some(c) => return Err(BackendError::ContainerNotFound { slot: slot_id.into(), container: c.into() }),
-            None => names,
-        };
+        let wanted = log_containers(slot_id, &pod, container)?;
         let mut out = Vec::new();
         for name in wanted {
             let params = LogParams {
@@ -557,6 +704,69 @@ impl Backend for KubeBackend {
             out.extend(text.lines().map(|l| parse_log_line(&name, l)));
         }
         Ok(out)
+    }
+
+    /// `pods/log?follow=true` of the named container, or one stream per container of the Pod
+    /// merged into one channel: the last `lines` lines (all when 0), then new lines until the
+    /// receiver is dropped or the container's log ends (the container exited or the Pod is gone).
+    /// A container that has not started yet (the API answers 400) contributes nothing.
+    async fn follow_logs(
+        &self,
+        slot_id: &str,
+        container: Option<&str>,
+        lines: usize,
+    ) -> Result<LogFollow, BackendError> {
+        let (ns, pod) = self.find_required(slot_id).await?;
+        let wanted = log_containers(slot_id, &pod, container)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        for name in wanted {
+            let params = LogParams {
+                container: Some(name.clone()),
+                follow: true,
+                timestamps: true,
+                tail_lines: (lines > 0).then_some(lines as i64),
+                ..Default::default()
+            };
+            let stream = match self.pods(&ns).log_stream(slot_id, &params).await {
+                Ok(s) => s,
+                Err(e) if is_code(&e, 400) => continue,
+                Err(e) => return Err(KubeError::from(e).into()),
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use futures::{AsyncBufReadExt, StreamExt};
+                let mut stream = std::pin::pin!(stream.lines());
+                loop {
+                    tokio::select! {
+                        line = stream.next() => match line {
+                            Some(Ok(l)) => {
+                                if tx.send(parse_log_line(&name, &l)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(container = %name, error = %e, "log stream ended");
+                                return;
+                            }
+                            None => return,
+                        },
+                        _ = tx.closed() => return,
+                    }
+                }
+            });
+        }
+        Ok(rx)
+    }
+}
+
+/// The containers whose log is read: `container`, or every container in the Pod's order.
+fn log_containers(slot: &str, pod: &Pod, container: Option<&str>) -> Result<Vec<String>, BackendError> {
+    let names: Vec<String> =
+        pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+    match container {
+        Some(c) if names.iter().any(|n| n == c) => Ok(vec![c.to_owned()]),
+        Some(c) => Err(BackendError::ContainerNotFound { slot: slot.into(), container: c.into() }),
+        None => Ok(names),
     }
 }
 

@@ -37,6 +37,13 @@ pub fn secret_name(token_hash: &str) -> String {
     format!("agentbox-apikey-{}", &token_hash[..token_hash.len().min(16)])
 }
 
+/// The Secret name of the key with `key_id` (`agbx-<16 lowercase hex>`); `None` for anything
+/// else, so that a key id from a request never reaches a URL unchecked.
+fn secret_of_key_id(key_id: &str) -> Option<String> {
+    let hex = key_id.strip_prefix("agbx-")?;
+    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| secret_name(hex))
+}
+
 fn hash_label(token_hash: &str) -> &str {
     &token_hash[..token_hash.len().min(63)]
 }
@@ -158,10 +165,19 @@ impl SecretKeyStore {
         Ok(out)
     }
 
+    /// The key with `key_id` (`agbx-<16 hex>`), read from its Secret; `None` when there is none.
+    pub async fn get(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KubeError> {
+        let Some(name) = secret_of_key_id(key_id) else { return Ok(None) };
+        match self.api.get_opt(&name).await? {
+            Some(s) => Ok(Some(record_of(&s)?).filter(|r| r.key_id == key_id)),
+            None => Ok(None),
+        }
+    }
+
     /// Delete the key with `key_id` (`agbx-<16 hex>`); `Ok(false)` when there was none.
     pub async fn delete(&self, key_id: &str) -> Result<bool, KubeError> {
-        let Some(prefix) = key_id.strip_prefix("agbx-") else { return Ok(false) };
-        match self.api.delete(&secret_name(prefix), &DeleteParams::default()).await {
+        let Some(name) = secret_of_key_id(key_id) else { return Ok(false) };
+        match self.api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => Ok(true),
             Err(e) if is_code(&e, 404) => Ok(false),
             Err(e) => Err(e.into()),
@@ -205,6 +221,14 @@ mod tests {
         assert!(json.get("sealedToken").is_none_or(|v| v.is_null()), "the sealed token is a separate entry");
         assert_eq!(s.data.as_ref().unwrap()[SEALED_KEY].0, b"00ff");
         assert_eq!(record_of(&s).unwrap(), k);
+    }
+
+    #[test]
+    fn only_well_formed_key_ids_name_a_secret() {
+        assert_eq!(secret_of_key_id("agbx-0123456789abcdef").as_deref(), Some("agentbox-apikey-0123456789abcdef"));
+        for bad in ["0123456789abcdef", "agbx-0123", "agbx-../../secrets/x", "agbx-0123456789ABCDEF"] {
+            assert_eq!(secret_of_key_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

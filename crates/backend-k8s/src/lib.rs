@@ -9,6 +9,8 @@
 //!   compare-and-set and the release of a slot Pod are in [`claim`].
 //! - [`leader`]: leader election over a `coordination.k8s.io/v1` Lease.
 //! - [`keys`]: API keys stored as Secrets.
+//! - [`store`]: the core's store in Kubernetes mode: templates and pools as custom resources
+//!   (watched into a local cache), API keys as Secrets.
 //! - [`events`]: warnings as Kubernetes Events.
 
 pub mod backend;
@@ -17,13 +19,18 @@ pub mod convert;
 pub mod crd;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod informer;
 pub mod keys;
 pub mod leader;
 pub mod pod;
+pub mod status;
+pub mod store;
+pub mod usage;
 
 pub use backend::{AgentInjection, KubeBackend, KubeBackendConfig};
 pub use error::KubeError;
+pub use store::{KubeStore, KubeStoreConfig, LocalOnly};
 
 /// Label and annotation keys, all under our own prefix `agentbox.dev/`.
 pub mod labels {
@@ -43,6 +50,9 @@ pub mod labels {
     /// Finalizer on every slot Pod: the server sees an external deletion or eviction before the
     /// Pod disappears, and removes the finalizer itself.
     pub const PROTECTION_FINALIZER: &str = "agentbox.dev/sandbox-protection";
+    /// Finalizer on every `SandboxPool`: its deletion waits until the server destroyed the pool's
+    /// slots (see [`crate::store`]).
+    pub const POOL_FINALIZER: &str = "agentbox.dev/pool-cleanup";
     /// Template annotation: when the stored template last changed (RFC 3339).
     pub const UPDATED_AT: &str = "agentbox.dev/updated-at";
 }

@@ -166,6 +166,8 @@ fn rbac_grants_what_the_backend_uses_to_the_deployments_account() {
         ("agentbox.dev", "sandboxpools/status", &["patch", "update"]),
         ("agentbox.dev", "sandboxpools/scale", &["get", "patch"]),
         ("apiextensions.k8s.io", "customresourcedefinitions", &["get"]),
+        ("metrics.k8s.io", "pods", &["get"]),
+        ("", "nodes", &["get"]),
     ];
     for (group, resource, verbs) in needed {
         for verb in verbs {

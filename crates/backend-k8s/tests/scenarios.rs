@@ -299,8 +299,12 @@ async fn list_slots_lists_agentbox_pods_in_every_namespace() {
 }
 
 #[tokio::test]
-async fn exec_says_it_goes_through_the_agent() {
-    let (client, _server) = mock(vec![]);
+async fn exec_in_a_slot_without_a_pod_is_slot_not_found() {
+    // The exec itself (pods/exec over a WebSocket) is tested in tests/exec.rs.
+    let (client, server) = mock(vec![Step {
+        query: vec!["labelSelector=agentbox.dev/pool", "fieldSelector=metadata.name=x"],
+        ..step("GET", "/api/v1/pods", 200, list(vec![]))
+    }]);
     let backend = KubeBackend::new(client, cfg());
     let req = agentbox_core::backend::ExecRequest {
         container: None,
@@ -311,8 +315,9 @@ async fn exec_says_it_goes_through_the_agent() {
         stdin: None,
         timeout: Duration::from_secs(1),
     };
-    let err = backend.exec("x", &req).await.unwrap_err().to_string();
-    assert!(err.contains("in-sandbox agent"), "{err}");
+    let err = backend.exec("x", &req).await.unwrap_err();
+    assert!(matches!(&err, BackendError::SlotNotFound(s) if s == "x"), "{err:?}");
+    server.await.unwrap();
 }
 
 #[tokio::test]

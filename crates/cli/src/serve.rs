@@ -273,9 +273,9 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         );
     }
     let catalog = match &a.clusters_config {
-        Some(path) => Arc::new(
-            agentbox_server::gateway::Catalog::load(path, &a.cluster_id).context("loading --clusters-config")?,
-        ),
+        Some(path) => {
+            Arc::new(agentbox_server::gateway::Catalog::load(path, &a.cluster_id).context("loading --clusters-config")?)
+        }
         None => Arc::new(agentbox_server::gateway::Catalog::local_only(&a.cluster_id)),
     };
     catalog.watch(std::time::Duration::from_secs(2));
@@ -296,13 +296,22 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         BackendKind::Local => local_backend(&a).await?,
         BackendKind::Kubernetes => kubernetes_backend(&a).await?,
     };
+    let mut pool_changes = None;
+    let store: Arc<dyn agentbox_core::store::Store> = match a.backend {
+        BackendKind::Local => Arc::new(store),
+        BackendKind::Kubernetes => {
+            let kube_store = kubernetes_store(&a, store).await?;
+            pool_changes = Some(kube_store.pool_changes());
+            Arc::new(kube_store)
+        }
+    };
     // Bound before the engine exists so sandbox endpoints carry the real (maybe ephemeral) address.
     let proxy_listener = tokio::net::TcpListener::bind(a.proxy_listen)
         .await
         .with_context(|| format!("binding the data plane --proxy-listen {}", a.proxy_listen))?;
     let proxy_addr = proxy_listener.local_addr()?;
     let engine = Engine::new(
-        Arc::new(store),
+        store,
         backend,
         EngineConfig {
             history_retention: std::time::Duration::from_secs(a.history_retention_days * 86400),
@@ -314,6 +323,23 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         },
     );
     engine.start().await.map_err(|e| anyhow::anyhow!("recovering state: {e}"))?;
+    if let Some(mut changes) = pool_changes {
+        // Pools created, scaled or deleted with kubectl reach their reconciler at once.
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(c) => engine.pool_changed(&c.namespace, &c.name),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for p in engine.store().list_pools(None).unwrap_or_default() {
+                            engine.pool_changed(&p.namespace, &p.name);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     if !a.no_default_pool {
         let template = match a.backend {
             BackendKind::Local => default_template(),
@@ -361,7 +387,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     tracing::info!(addr = %e2b_addr, "E2B API listening");
     // Machine-readable, printed before the main line so tests waiting for that one see both.
     println!("agentbox e2b api on http://{e2b_addr}");
-    let data_plane = agentbox_server::proxy::DataPlane::new(Arc::clone(&engine));
+    let data_plane = agentbox_server::proxy::DataPlane::with_gateway(Arc::clone(&engine), Arc::clone(&gateway));
     tokio::spawn(data_plane.serve(proxy_listener, shutdown_signal()));
     tracing::info!(addr = %proxy_addr, "data plane listening (not authenticated)");
     // Machine-readable, printed before the main line so tests waiting for that one see both.
@@ -408,8 +434,8 @@ async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
             image: image.clone(),
             binary: a.k8s_agent_binary.clone(),
         }),
-        // Pools live in the store, not yet as SandboxPool objects: slot Pods have no owner.
-        require_pool_object: false,
+        // Pools are SandboxPool objects (see `kubernetes_store`): they own their slot Pods.
+        require_pool_object: true,
         ..Default::default()
     };
     if cfg.agent.is_none() {
@@ -441,6 +467,26 @@ async fn kubernetes_backend(a: &ServeArgs) -> Result<BackendParts> {
     });
     let warnings = agentbox_backend_k8s::events::Warnings::new(backend.client().clone(), lease_identity);
     Ok((Arc::new(backend.with_pod_cache(pods).with_warnings(warnings)), None, agent_port, Some(leader)))
+}
+
+/// Templates and pools as custom resources, API keys as Secrets (in the server's namespace), the
+/// SQLite store as their cache. The first start in Kubernetes mode imports what the SQLite store
+/// had; later starts let the cluster win (a marker file in the data dir tells them apart).
+async fn kubernetes_store(
+    a: &ServeArgs,
+    sqlite: agentbox_store_sqlite::SqliteStore,
+) -> Result<agentbox_backend_k8s::KubeStore<agentbox_store_sqlite::SqliteStore>> {
+    let marker = a.data_dir.join("kubernetes-imported");
+    let mut cfg = agentbox_backend_k8s::KubeStoreConfig::new(&a.k8s_lease_namespace);
+    cfg.local_only =
+        if marker.exists() { agentbox_backend_k8s::LocalOnly::Drop } else { agentbox_backend_k8s::LocalOnly::Import };
+    let store = agentbox_backend_k8s::KubeStore::connect(sqlite, cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("cannot read templates, pools and api keys from the cluster")?;
+    std::fs::write(&marker, "templates, pools and api keys were imported into the cluster\n")
+        .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(store)
 }
 
 fn effective_uid() -> u32 {

@@ -185,6 +185,38 @@ pub struct SlotStats {
     pub disk_total_bytes: u64,
 }
 
+/// A pool's status as the engine computes it (what `GET /pools/{name}` serves, without the
+/// in-memory events), handed to [`Backend::publish_pool_status`] so that the backend's own
+/// tooling can show it (Kubernetes: the `SandboxPool` status subresource, `kubectl get sbp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatusReport {
+    pub phase: crate::reconcile::PoolPhase,
+    pub counts: crate::reconcile::PoolCounts,
+    /// `Available`, `Scaling` and `Degraded`, in that order.
+    pub conditions: Vec<PoolStatusCondition>,
+    /// Unusable slots: failed ones, and slots with recent warnings.
+    pub diagnostics: Vec<PoolStatusDiagnostic>,
+}
+
+/// One condition of a [`PoolStatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatusCondition {
+    /// `Available`, `Scaling` or `Degraded`.
+    pub kind: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Why one slot of a pool is not usable, in a [`PoolStatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatusDiagnostic {
+    pub slot_id: String,
+    /// e.g. `ImagePullBackOff`, `CreateFailed`, `OOMKilled`, `CrashLoop`.
+    pub reason: String,
+    pub message: String,
+}
+
 /// A followed log (like `tail -f`): the last lines first, then every new line as it is written,
 /// until the receiver is dropped or the slot goes away.
 pub type LogFollow = tokio::sync::mpsc::Receiver<LogLine>;
@@ -296,6 +328,27 @@ pub trait Backend: Send + Sync + 'static {
     /// (the local backend's warnings are the pool events of the API).
     async fn warning(&self, namespace: &str, pool: &str, slot: Option<&str>, reason: &str, message: &str) {
         let _ = (namespace, pool, slot, reason, message);
+    }
+
+    /// Does [`Backend::publish_pool_status`] do anything? The engine skips computing the report
+    /// (a read of the pool's slots) on every reconcile pass when not. Default: no.
+    fn publishes_pool_status(&self) -> bool {
+        false
+    }
+
+    /// Publish the status of pool `pool` in `namespace` where the backend's tooling shows it
+    /// (Kubernetes: the status subresource of the `SandboxPool`). Called by the pool's reconciler
+    /// (on the leader only) when the status differs from the one last published successfully; an
+    /// error is logged and the call repeated on a later pass. A pool with no object in the
+    /// backend is `Ok`. Default: nothing to publish (the local backend's pool status is the API's).
+    async fn publish_pool_status(
+        &self,
+        namespace: &str,
+        pool: &str,
+        status: &PoolStatusReport,
+    ) -> Result<(), BackendError> {
+        let _ = (namespace, pool, status);
+        Ok(())
     }
 
     /// Record in the backend that `slot_id` now belongs to `sandbox_id`, atomically: the call

@@ -35,6 +35,8 @@ pub struct FakeBackend {
     agent_hook: Mutex<Option<AgentHook>>,
     /// Slots whose `mark_claimed` answers `Conflict` (see [`FakeBackend::claimed_elsewhere`]).
     taken_elsewhere: Mutex<std::collections::BTreeSet<String>>,
+    /// Every `publish_pool_status` call, in order: `(namespace, pool, status)`.
+    pub published: Mutex<Vec<(String, String, PoolStatusReport)>>,
 }
 
 /// See [`FakeBackend::on_ensure_agent`].
@@ -164,6 +166,19 @@ impl Backend for FakeBackend {
         if self.taken_elsewhere.lock().contains(slot_id) {
             return Err(BackendError::Conflict(format!("slot {slot_id} is claimed by another replica")));
         }
+        Ok(())
+    }
+    fn publishes_pool_status(&self) -> bool {
+        true
+    }
+
+    async fn publish_pool_status(
+        &self,
+        namespace: &str,
+        pool: &str,
+        status: &PoolStatusReport,
+    ) -> Result<(), BackendError> {
+        self.published.lock().push((namespace.into(), pool.into(), status.clone()));
         Ok(())
     }
     async fn mark_released(&self, slot_id: &str) -> Result<(), BackendError> {

@@ -39,8 +39,20 @@
 //! forwarded like any other header. The sandbox id (a random UUIDv7) is what a caller must know;
 //! keep `--proxy-listen` on loopback or a private network, as with the API in dev mode.
 //!
-//! Not done here: forwarding cross-cluster ids (`{cluster}.{uuid}`) to the owning cluster's data
-//! plane (SPEC §6); such ids are looked up locally and answer 404.
+//! # Cross-cluster ids (SPEC §6, issue #7)
+//! A sandbox id `{cluster}.{uuid}` names the cluster that owns it. This cluster's own prefix is
+//! stripped and the sandbox served here. Another cluster of the catalog
+//! ([`crate::gateway::Catalog`]) gets the request forwarded to its data plane (`proxyUrl`) in the
+//! same routing form: the same path and query (the path form keeps `/sandboxes/{cluster}.{uuid}/…`,
+//! which the owner accepts), the same headers minus hop-by-hop ones, plus the catalog's headers and
+//! `X-Source-Cluster`. The host form `{port}-{cluster}.{uuid}.{domain}` (a dotted id splits the
+//! first host label, so `{cluster}` must be a known cluster id) is forwarded in the headers form
+//! (`E2b-Sandbox-Id` + `E2b-Sandbox-Port`). Bodies stream both ways, upgrades (WebSocket) are
+//! spliced, and gRPC over HTTP/2 goes over h2c. An unknown cluster → 400 naming the known ones; a
+//! data plane that cannot be reached → 502 with the cause; no response headers within the
+//! gateway's response timeout → 504; a request already forwarded once (it carries
+//! `X-Source-Cluster`) and naming yet another cluster → 508. Only `http://` proxy URLs are
+//! supported (the data planes of a multi-cluster setup talk over a private network).
 
 use std::future::Future;
 use std::io;
@@ -63,6 +75,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::gateway::{Gateway, GatewayError, Plane, SOURCE_CLUSTER_HEADER, error_chain, split_sandbox_id};
 
 /// The body type of everything the proxy sends (streamed upstream or client bodies, or a small
 /// JSON error).
@@ -73,6 +86,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Activity from a long body or an upgraded connection is reported at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
+/// How a request named its target (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteForm {
+    /// `E2b-Sandbox-Id` + `E2b-Sandbox-Port` (or the `X-Sandbox-*` pair).
+    Headers,
+    /// `{port}-{sandboxId}.{domain}`.
+    Host,
+    /// `/sandboxes/{sandboxId}/{port}/…`.
+    Path,
+}
+
 /// Where a request goes: a port of a sandbox, and the upstream path when the route rewrites it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -80,6 +104,7 @@ pub struct Target {
     pub port: u16,
     /// `Some` for the path form (the rest of the path plus the query); `None`: forward unchanged.
     pub path_and_query: Option<String>,
+    pub form: RouteForm,
 }
 
 /// Why the proxy answered itself instead of forwarding.
@@ -108,6 +133,16 @@ pub enum ProxyError {
     /// 503: the store could not be read.
     #[error("looking up the sandbox failed; retry in a moment")]
     Store,
+    /// A cross-cluster id that could not be forwarded: unknown cluster (400), unreachable (502),
+    /// too slow (504), a forwarding loop (508).
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// 502: the owning cluster's `proxyUrl` is not `http://`.
+    #[error(
+        "cluster {cluster:?} has proxyUrl {url:?}: the data plane forwards to http:// data planes only; \
+         give an http:// proxyUrl on a private network in the clusters config"
+    )]
+    RemoteScheme { cluster: String, url: String },
 }
 
 impl ProxyError {
@@ -119,8 +154,10 @@ impl ProxyError {
             ProxyError::NotRunning(_)
             | ProxyError::NoAddress(_)
             | ProxyError::Connect { .. }
-            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::Upstream { .. }
+            | ProxyError::RemoteScheme { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Store => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Gateway(e) => e.status(),
         }
     }
 
@@ -145,7 +182,18 @@ fn parse_port(s: &str) -> Result<u16, ProxyError> {
 }
 
 /// Find the target of a request (first match wins: headers, host, path; see the module docs).
+/// Host labels are never taken for cluster ids: see [`resolve_target_in`].
 pub fn resolve_target(headers: &HeaderMap, uri: &Uri) -> Result<Target, ProxyError> {
+    resolve_target_in(headers, uri, &|_| false)
+}
+
+/// [`resolve_target`], where `is_cluster` tells the known cluster ids, so that the host form of a
+/// cross-cluster id, `{port}-{cluster}.{uuid}.{domain}`, gives the sandbox id `{cluster}.{uuid}`.
+pub fn resolve_target_in(
+    headers: &HeaderMap,
+    uri: &Uri,
+    is_cluster: &dyn Fn(&str) -> bool,
+) -> Result<Target, ProxyError> {
     for (id_h, port_h) in [("e2b-sandbox-id", "e2b-sandbox-port"), ("x-sandbox-id", "x-sandbox-port")] {
         let text = |n: &str| -> Result<Option<String>, ProxyError> {
             match headers.get(n) {
@@ -159,7 +207,12 @@ pub fn resolve_target(headers: &HeaderMap, uri: &Uri) -> Result<Target, ProxyErr
         match (text(id_h)?, text(port_h)?) {
             (None, None) => continue,
             (Some(id), Some(port)) if !id.is_empty() => {
-                return Ok(Target { sandbox_id: id, port: parse_port(&port)?, path_and_query: None });
+                return Ok(Target {
+                    sandbox_id: id,
+                    port: parse_port(&port)?,
+                    path_and_query: None,
+                    form: RouteForm::Headers,
+                });
             }
             (Some(_), None) => {
                 return Err(ProxyError::BadTarget(format!("header {id_h} is set but {port_h} is missing: send both")));
@@ -169,13 +222,18 @@ pub fn resolve_target(headers: &HeaderMap, uri: &Uri) -> Result<Target, ProxyErr
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
     if let Some(host) = host
-        && let Some((label, _domain)) = host.split_once('.')
+        && let Some((label, domain)) = host.split_once('.')
         && let Some((port, id)) = label.split_once('-')
         && !port.is_empty()
         && port.bytes().all(|b| b.is_ascii_digit())
         && !id.is_empty()
     {
-        return Ok(Target { sandbox_id: id.to_owned(), port: parse_port(port)?, path_and_query: None });
+        let port = parse_port(port)?;
+        let sandbox_id = match domain.split_once('.') {
+            Some((uuid, _)) if !uuid.is_empty() && is_cluster(id) => format!("{id}.{uuid}"),
+            _ => id.to_owned(),
+        };
+        return Ok(Target { sandbox_id, port, path_and_query: None, form: RouteForm::Host });
     }
     if let Some(rest) = uri.path().strip_prefix("/sandboxes/") {
         let mut parts = rest.splitn(3, '/');
@@ -193,7 +251,7 @@ pub fn resolve_target(headers: &HeaderMap, uri: &Uri) -> Result<Target, ProxyErr
             path.push('?');
             path.push_str(q);
         }
-        return Ok(Target { sandbox_id: id.to_owned(), port, path_and_query: Some(path) });
+        return Ok(Target { sandbox_id: id.to_owned(), port, path_and_query: Some(path), form: RouteForm::Path });
     }
     Err(ProxyError::BadTarget(format!("no sandbox target in the request: {TARGET_HINT}")))
 }
@@ -328,6 +386,8 @@ pub struct DataPlane {
 
 struct Inner {
     engine: Arc<Engine>,
+    /// Where cross-cluster ids go (a local-only catalog when this server is no gateway).
+    gateway: Arc<Gateway>,
     /// Pooled HTTP/1.1 connections, one pool per upstream `ip:port`.
     http1: Client<HttpConnector, ProxyBody>,
     /// HTTP/2 prior knowledge, for gRPC arriving over HTTP/2.
@@ -336,7 +396,15 @@ struct Inner {
 
 impl DataPlane {
     /// A proxy that resolves sandboxes through `engine`'s store and reports activity to it.
+    /// Cross-cluster ids of other clusters answer 400 (no catalog); see [`DataPlane::with_gateway`].
     pub fn new(engine: Arc<Engine>) -> DataPlane {
+        let gateway = Arc::new(Gateway::local_only(engine.cluster_id()));
+        DataPlane::with_gateway(engine, gateway)
+    }
+
+    /// A proxy that also forwards cross-cluster ids (`{cluster}.{uuid}`) of the clusters in
+    /// `gateway`'s catalog to their data planes. `gateway`'s local cluster must be `engine`'s.
+    pub fn with_gateway(engine: Arc<Engine>, gateway: Arc<Gateway>) -> DataPlane {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
         conn.set_nodelay(true);
@@ -345,7 +413,7 @@ impl DataPlane {
             .pool_max_idle_per_host(64)
             .build(conn.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(conn);
-        DataPlane { inner: Arc::new(Inner { engine, http1, http2 }) }
+        DataPlane { inner: Arc::new(Inner { engine, gateway, http1, http2 }) }
     }
 
     /// Accept connections on `listener` until `shutdown` completes (connections already accepted
@@ -391,8 +459,103 @@ impl DataPlane {
         }
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
-        let target = resolve_target(req.headers(), req.uri())?;
+    async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
+        let catalog = self.inner.gateway.catalog();
+        let is_cluster = |c: &str| catalog.is_local(c) || catalog.remote(c).is_some();
+        let mut target = resolve_target_in(req.headers(), req.uri(), &is_cluster)?;
+        if let Some((cluster, uuid)) = split_sandbox_id(&target.sandbox_id) {
+            if catalog.is_local(cluster) {
+                target.sandbox_id = uuid.to_owned();
+            } else {
+                let cluster = cluster.to_owned();
+                return self.forward_remote(req, peer, target, &cluster).await;
+            }
+        }
+        self.forward_local(req, peer, target).await
+    }
+
+    /// Forward a request for a sandbox of `cluster` to that cluster's data plane (module docs).
+    async fn forward_remote(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        target: Target,
+        cluster: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let gateway = &self.inner.gateway;
+        let entry = gateway.target(cluster, req.headers())?;
+        let base = entry
+            .url(Plane::Proxy)
+            .ok_or(GatewayError::NotConfigured { cluster: cluster.to_owned(), field: Plane::Proxy.field() })?;
+        if !base.starts_with("http://") {
+            return Err(ProxyError::RemoteScheme { cluster: cluster.to_owned(), url: base.to_owned() });
+        }
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = format!("{base}{path}")
+            .parse()
+            .map_err(|_| ProxyError::BadTarget(format!("the path {path:?} is not a valid URI path")))?;
+
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let use_h2 = req.version() == Version::HTTP_2 && is_grpc(req.headers());
+        let orig_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(proto) = &upgrade {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
+        if target.form == RouteForm::Host {
+            // The owner's data plane may not know the gateway's domain: name the target in headers.
+            let id = HeaderValue::from_str(&target.sandbox_id)
+                .map_err(|_| ProxyError::BadTarget("the sandbox id is not valid header text".into()))?;
+            parts.headers.insert(HeaderName::from_static("e2b-sandbox-id"), id);
+            parts.headers.insert(HeaderName::from_static("e2b-sandbox-port"), HeaderValue::from(target.port));
+        }
+        if let Some(h) = orig_host {
+            parts.headers.insert(header::HOST, h);
+        }
+        set_forwarded_for(&mut parts.headers, peer);
+        for (k, v) in &entry.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                parts.headers.insert(k, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(gateway.catalog().local_id()) {
+            parts.headers.insert(HeaderName::from_static(SOURCE_CLUSTER_HEADER), v);
+        }
+        parts.uri = uri;
+        parts.version = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let client = if use_h2 { &self.inner.http2 } else { &self.inner.http1 };
+        let after = gateway.timeouts().response;
+        let sent = tokio::time::timeout(after, client.request(Request::from_parts(parts, body.boxed_unsync()))).await;
+        let resp = match sent {
+            Err(_) => return Err(GatewayError::Timeout { cluster: cluster.to_owned(), after }.into()),
+            Ok(Err(e)) => {
+                return Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) }.into());
+            }
+            Ok(Ok(r)) => r,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let what = format!("the data plane of cluster {cluster:?}");
+            return splice_upgrade(client_upgrade, resp, None, &what)
+                .map_err(|message| GatewayError::Unreachable { cluster: cluster.to_owned(), cause: message }.into());
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    async fn forward_local(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let engine = &self.inner.engine;
         let sb = engine
             .store()
@@ -438,16 +601,7 @@ impl DataPlane {
             parts.headers.insert(header::HOST, h.clone());
             parts.headers.insert(HeaderName::from_static("x-forwarded-host"), h);
         }
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let client_ip = peer.ip().to_string();
-        let forwarded_for = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-            _ => client_ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            parts.headers.insert(xff, v);
-        }
-        parts.headers.entry(HeaderName::from_static("x-forwarded-proto")).or_insert(HeaderValue::from_static("http"));
+        set_forwarded_for(&mut parts.headers, peer);
         parts.uri = uri;
         parts.version = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         let body = touching(body, Toucher::new(Arc::clone(engine), id.clone()));
@@ -458,7 +612,7 @@ impl DataPlane {
         } else {
             client.request(Request::from_parts(parts, body)).await
         };
-        let mut resp = sent.map_err(|e| {
+        let resp = sent.map_err(|e| {
             let message = match std::error::Error::source(&e) {
                 Some(src) => format!("{e}: {src}"),
                 None => e.to_string(),
@@ -471,41 +625,75 @@ impl DataPlane {
         })?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                return Err(ProxyError::Upstream {
-                    id: id.to_string(),
-                    port,
-                    message: "it answered 101 Switching Protocols to a request that did not ask for an upgrade".into(),
-                });
-            };
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let t = Toucher::new(Arc::clone(engine), id.clone());
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client_io, upstream_io)) => {
-                        let mut client_io = TouchingIo { io: TokioIo::new(client_io), t };
-                        let mut upstream_io = TokioIo::new(upstream_io);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
-                            tracing::debug!(sandbox_id = %client_io.t.id, port, error = %e, "data plane: upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(sandbox_id = %t.id, port, error = %e, "data plane: upgrade failed"),
-                }
+            let what = format!("port {port} of sandbox {id}");
+            return splice_upgrade(client_upgrade, resp, Some(t), &what).map_err(|message| ProxyError::Upstream {
+                id: id.to_string(),
+                port,
+                message,
             });
-            let (mut parts, _) = resp.into_parts();
-            let proto = parts.headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(&mut parts.headers);
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(p) = proto {
-                parts.headers.insert(header::UPGRADE, p);
-            }
-            return Ok(Response::from_parts(parts, full(Bytes::new())));
         }
 
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, touching(body, Toucher::new(Arc::clone(engine), id))))
     }
+}
+
+/// Append the peer to `X-Forwarded-For` and default `X-Forwarded-Proto` to `http`.
+fn set_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let client_ip = peer.ip().to_string();
+    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
+        _ => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(xff, v);
+    }
+    headers.entry(HeaderName::from_static("x-forwarded-proto")).or_insert(HeaderValue::from_static("http"));
+}
+
+/// Answer the upstream's 101: splice the client's and the upstream's upgraded connections byte
+/// for byte in a task (traffic counts as activity when `t` is given) and give the client the 101.
+/// `Err` (a message) when the upstream upgraded a request that did not ask for it.
+fn splice_upgrade(
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    mut resp: Response<Incoming>,
+    t: Option<Toucher>,
+    what: &str,
+) -> Result<Response<ProxyBody>, String> {
+    let Some(client_upgrade) = client_upgrade else {
+        return Err("it answered 101 Switching Protocols to a request that did not ask for an upgrade".into());
+    };
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let what = what.to_owned();
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client_io, upstream_io)) => {
+                let mut upstream_io = TokioIo::new(upstream_io);
+                let copied = match t {
+                    Some(t) => {
+                        let mut client_io = TouchingIo { io: TokioIo::new(client_io), t };
+                        tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await
+                    }
+                    None => tokio::io::copy_bidirectional(&mut TokioIo::new(client_io), &mut upstream_io).await,
+                };
+                if let Err(e) = copied {
+                    tracing::debug!(upstream = %what, error = %e, "data plane: upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(upstream = %what, error = %e, "data plane: upgrade failed"),
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    let proto = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(p) = proto {
+        parts.headers.insert(header::UPGRADE, p);
+    }
+    Ok(Response::from_parts(parts, full(Bytes::new())))
 }
 
 /// A request body that stays in a shared slot until its first poll, so that a request whose
@@ -617,7 +805,8 @@ mod tests {
     }
 
     fn t(id: &str, port: u16, path: Option<&str>) -> Target {
-        Target { sandbox_id: id.into(), port, path_and_query: path.map(str::to_owned) }
+        let form = if path.is_some() { RouteForm::Path } else { RouteForm::Headers };
+        Target { sandbox_id: id.into(), port, path_and_query: path.map(str::to_owned), form }
     }
 
     #[test]
@@ -644,12 +833,31 @@ mod tests {
     fn host_form() {
         let id = "0190f2c4-7b1e-7cc0-9d5e-0123456789ab";
         let r = target(&[("host", &format!("8080-{id}.sandbox.local:8092"))], "/p?q=1").unwrap();
-        assert_eq!(r, t(id, 8080, None));
+        assert_eq!(r, Target { form: RouteForm::Host, ..t(id, 8080, None) });
         // not a host route: falls through to "no target"
         let e = target(&[("host", "my-service.example.com")], "/").unwrap_err();
         assert!(e.to_string().contains("no sandbox target"), "{e}");
         let e = target(&[("host", "70000-abc.example.com")], "/").unwrap_err();
         assert!(e.to_string().contains("1..=65535"), "{e}");
+    }
+
+    #[test]
+    fn host_form_of_a_cross_cluster_id_needs_a_known_cluster() {
+        let id = "0190f2c4-7b1e-7cc0-9d5e-0123456789ab";
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(&format!("49983-eu.{id}.gw.example:8092")).unwrap());
+        let uri: Uri = "/health".parse().unwrap();
+        let r = resolve_target_in(&h, &uri, &|c| c == "eu").unwrap();
+        assert_eq!(r, Target { form: RouteForm::Host, ..t(&format!("eu.{id}"), 49983, None) });
+        // An unknown first label stays the (not found) id, as without a catalog.
+        assert_eq!(resolve_target_in(&h, &uri, &|_| false).unwrap().sandbox_id, "eu");
+        // The plain form is unaffected by the catalog.
+        h.insert(header::HOST, HeaderValue::from_str(&format!("80-{id}.gw.example")).unwrap());
+        assert_eq!(resolve_target_in(&h, &uri, &|c| c == "eu").unwrap().sandbox_id, id);
+        // Headers and path forms carry the dotted id as it is.
+        let r = target(&[("e2b-sandbox-id", &format!("eu.{id}")), ("e2b-sandbox-port", "8080")], "/").unwrap();
+        assert_eq!(r.sandbox_id, format!("eu.{id}"));
+        assert_eq!(target(&[], &format!("/sandboxes/eu.{id}/80/x")).unwrap().sandbox_id, format!("eu.{id}"));
     }
 
     #[test]

@@ -312,7 +312,8 @@ async fn create_refusals_and_errors() {
     let (s, alice, _) = setup().await;
     for (body, status, hint) in [
         (json!({"templateID": "nope"}), 404, "nope"),
-        (json!({"templateID": "c9::ap"}), 501, "multi-cluster"),
+        (json!({"templateID": "c9::ap"}), 400, "unknown target cluster \"c9\""),
+        (json!({"templateID": "*::ap"}), 400, "native API only"),
         (json!({"templateID": "ap", "autoPause": true}), 400, "autoPause"),
         (json!({"templateID": "ap", "allow_internet_access": false}), 400, "network"),
         (json!({"templateID": "ap", "timeout": -1}), 400, "timeout"),

@@ -3,10 +3,12 @@
 //! API, so tenancy is identical. Routes live at the root (no `/v1`), authenticate with `X-API-Key`
 //! (or `AGENTBOX-API-KEY`), and answer errors as `{code, message}`. Routes we do not implement answer
 //! 501 with a message naming the alternative. This API is deliberately not part of the native
-//! OpenAPI document.
+//! OpenAPI document. On a multi-cluster gateway, `templateID: "cluster::pool"` and sandbox ids
+//! `cluster.uuid` of other clusters are forwarded to their E2B APIs (see `remote`).
 
 mod error;
 mod keys;
+mod remote;
 mod sandboxes;
 mod templates;
 
@@ -17,6 +19,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::routing::{get, post};
+use tower::Layer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -89,7 +92,7 @@ impl FromRequestParts<St> for E2bAuth {
 /// The E2B-compatible router over `app`'s engine and authenticator.
 pub fn router(app: Arc<AppState>, cfg: E2bConfig) -> Router {
     let st: St = Arc::new(E2bState { app, cfg });
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/sandboxes", post(sandboxes::create).get(sandboxes::list_v1))
         .route("/v2/sandboxes", post(sandboxes::create).get(sandboxes::list_v2))
@@ -108,6 +111,12 @@ pub fn router(app: Arc<AppState>, cfg: E2bConfig) -> Router {
         .route("/api-keys/{id}", axum::routing::delete(keys::delete))
         .fallback(unsupported)
         .method_not_allowed_fallback(unsupported)
+        .with_state(Arc::clone(&st));
+    // Around the routes, not a route layer: a `{cluster}.{uuid}` of this cluster must be routed
+    // with the bare uuid, and one of another cluster never reaches a handler (see `remote`).
+    let routed = axum::middleware::from_fn_with_state(st, remote::route_sandbox_ids).layer(routes);
+    Router::new()
+        .fallback_service(routed)
         .layer(DefaultBodyLimit::max(1 << 20))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -115,7 +124,6 @@ pub fn router(app: Arc<AppState>, cfg: E2bConfig) -> Router {
             tracing::info_span!("e2b_request", method = %req.method(), path = %req.uri().path(), request_id = %rid)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(st)
 }
 
 /// 501 for every route we do not serve, naming what to use instead.

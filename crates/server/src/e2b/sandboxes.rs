@@ -10,52 +10,60 @@ use agentbox_core::error::ErrorKind;
 use agentbox_core::model::{HttpPostHookAction, PostStartHookAction, Sandbox, SandboxStatus};
 use agentbox_core::quantity::{parse_cpu_millis, parse_memory_bytes};
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{E2bError, EJson, EPath, EQuery, EResult};
-use super::{E2bAuth, ENVD_PORT, ENVD_VERSION, St};
+use super::{E2bAuth, ENVD_PORT, ENVD_VERSION, St, remote};
 use crate::auth::AuthInfo;
 use crate::engine::{CreateSandboxRequest, ListSandboxesQuery, LogsQuery, SandboxMetric};
+use crate::gateway::{Outbound, Plane, global_sandbox_id, split_sandbox_id};
 
 /// Body of `POST /sandboxes` and `POST /v2/sandboxes` (E2B `NewSandbox` / `NewSandboxV2`).
-#[derive(Debug, Default, Deserialize)]
+/// Serialized again (with the cluster taken out of `templateID`) when the create is forwarded to
+/// another cluster.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSandbox {
     /// `pool`, `pool//image` or `cluster::pool[//image]`.
     #[serde(rename = "templateID")]
     pub template_id: String,
     /// Seconds → the idle timeout.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<BTreeMap<String, String>>,
     /// Deprecated in E2B; every agentbox sandbox is reached through the authenticated data plane.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(dead_code, reason = "accepted for compatibility and ignored")]
     pub secure: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
     /// Only meaningful with `autoPause`, which is refused.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(dead_code, reason = "accepted for compatibility and ignored")]
     pub auto_pause_memory: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_resume: Option<Value>,
-    #[serde(default, rename = "allow_internet_access", alias = "allowInternetAccess")]
+    #[serde(
+        default,
+        rename = "allow_internet_access",
+        alias = "allowInternetAccess",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_internet_access: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iam: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mounts: Option<Vec<Value>>,
 }
 
@@ -110,22 +118,37 @@ fn refuse_unsupported(req: &NewSandbox) -> EResult<()> {
     Ok(())
 }
 
-/// Split `[cluster::]pool[//image]`. A cluster other than `local` is not served yet.
-pub fn parse_template_id(s: &str, local_cluster: &str) -> EResult<(String, Option<String>)> {
-    let rest = match s.split_once("::") {
-        Some((cluster, rest)) => {
-            if cluster != local_cluster {
-                return Err(E2bError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    format!(
-                        "templateID {s:?} names cluster {cluster:?}, but multi-cluster routing is not available \
-                         yet; use the E2B API of that cluster, or {local_cluster:?}::pool for this one"
-                    ),
-                ));
-            }
-            rest
+/// A parsed `templateID`: `[cluster::]pool[//image]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    /// `Some` when the id names a cluster (`*` for placement on any cluster).
+    pub cluster: Option<String>,
+    pub pool: String,
+    pub image: Option<String>,
+}
+
+impl TemplateRef {
+    /// `pool[//image]`: the templateID to send to the owning cluster.
+    pub fn without_cluster(&self) -> String {
+        match &self.image {
+            Some(i) => format!("{}//{i}", self.pool),
+            None => self.pool.clone(),
         }
-        None => s,
+    }
+}
+
+/// Split `[cluster::]pool[//image]`.
+pub fn parse_template_id(s: &str) -> EResult<TemplateRef> {
+    let (cluster, rest) = match s.split_once("::") {
+        Some((cluster, rest)) => {
+            if cluster.is_empty() {
+                return Err(E2bError::bad_request(format!(
+                    "templateID {s:?} names an empty cluster: use \"cluster::pool\" or just \"pool\""
+                )));
+            }
+            (Some(cluster.to_owned()), rest)
+        }
+        None => (None, s),
     };
     let (pool, image) = match rest.split_once("//") {
         Some((p, i)) if !i.is_empty() => (p, Some(i.to_string())),
@@ -137,7 +160,7 @@ pub fn parse_template_id(s: &str, local_cluster: &str) -> EResult<(String, Optio
             "templateID {s:?} names no pool: use \"pool\", \"pool//image\" or \"cluster::pool//image\""
         )));
     }
-    Ok((pool.to_string(), image))
+    Ok(TemplateRef { cluster, pool: pool.to_string(), image })
 }
 
 fn domain_of(st: &St) -> Option<String> {
@@ -156,9 +179,28 @@ fn answer(st: &St, sb: &Sandbox) -> E2bSandbox {
 
 /// `POST /sandboxes`, `POST /v2/sandboxes`: claim from the pool named by `templateID`; 201 once
 /// Running. No idle slot answers 429 (the SDK raises its retryable `RateLimitException`).
-pub async fn create(State(st): State<St>, E2bAuth(auth): E2bAuth, EJson(req): EJson<NewSandbox>) -> EResult<Response> {
+///
+/// `templateID: "eu::pool"` on a gateway forwards the create to cluster `eu` (see `remote`): the
+/// answer carries `sandboxID: "eu.{uuid}"` and this server's `domain`.
+pub async fn create(
+    State(st): State<St>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    E2bAuth(auth): E2bAuth,
+    EJson(mut req): EJson<NewSandbox>,
+) -> EResult<Response> {
     refuse_unsupported(&req)?;
-    let (pool, image) = parse_template_id(&req.template_id, st.app.engine.cluster_id())?;
+    let tref = parse_template_id(&req.template_id)?;
+    if let Some(cluster) = tref.cluster.as_deref().filter(|c| !st.app.gateway.catalog().is_local(c)) {
+        if cluster == "*" {
+            return Err(remote::placement_is_native_only(&req.template_id, &tref.pool));
+        }
+        req.template_id = tref.without_cluster();
+        let body = serde_json::to_vec(&req).map_err(|e| E2bError::bad_request(format!("invalid request body: {e}")))?;
+        let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+        return remote::forward(&st, cluster, Method::POST, path, headers, body.into()).await;
+    }
+    let (pool, image) = (tref.pool, tref.image);
     let idle_timeout = match req.timeout {
         None => None,
         Some(t) if t > 0 => Some(WireDuration::from_secs(t as u64)),
@@ -337,17 +379,26 @@ fn matches_metadata(sb: &Sandbox, want: &BTreeMap<String, String>) -> bool {
 #[derive(Debug, Default, Deserialize)]
 pub struct ListV1Query {
     pub metadata: Option<String>,
+    /// Another cluster of the gateway's catalog: its list, with global ids.
+    pub cluster: Option<String>,
 }
 
 /// `GET /sandboxes`: every live sandbox of the caller (no pagination).
 pub async fn list_v1(
     State(st): State<St>,
+    uri: OriginalUri,
+    headers: HeaderMap,
     E2bAuth(auth): E2bAuth,
     EQuery(q): EQuery<ListV1Query>,
-) -> EResult<Json<Vec<ListedSandbox>>> {
+) -> EResult<Response> {
+    if let Some(r) = remote::list_elsewhere(&st, q.cluster.as_deref(), &uri, headers).await? {
+        return Ok(r);
+    }
     let want = q.metadata.as_deref().map(parse_metadata_filter).unwrap_or_default();
     let items = all_live(&st, &auth, None)?;
-    Ok(Json(items.iter().filter(|s| matches_metadata(s, &want)).map(|s| listed(&st, s, false)).collect()))
+    let items: Vec<ListedSandbox> =
+        items.iter().filter(|s| matches_metadata(s, &want)).map(|s| listed(&st, s, false)).collect();
+    Ok(Json(items).into_response())
 }
 
 /// Query of `GET /v2/sandboxes`.
@@ -365,14 +416,21 @@ pub struct ListV2Query {
     pub next_token: Option<String>,
     /// 1..=1000, default 100.
     pub limit: Option<u32>,
+    /// Another cluster of the gateway's catalog: its list, with global ids.
+    pub cluster: Option<String>,
 }
 
 /// `GET /v2/sandboxes`: filtered, paginated with `nextToken` / the `x-next-token` header.
 pub async fn list_v2(
     State(st): State<St>,
+    uri: OriginalUri,
+    headers: HeaderMap,
     E2bAuth(auth): E2bAuth,
     EQuery(q): EQuery<ListV2Query>,
 ) -> EResult<Response> {
+    if let Some(r) = remote::list_elsewhere(&st, q.cluster.as_deref(), &uri, headers).await? {
+        return Ok(r);
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(E2bError::bad_request(format!("limit {limit} is out of range: use 1..=1000")));
@@ -650,16 +708,19 @@ pub struct BatchMetricsParams {
     pub sandbox_ids: Option<String>,
 }
 
-/// E2B `SandboxesWithMetrics`: the latest sample by sandbox id.
+/// E2B `SandboxesWithMetrics`: the latest sample by sandbox id (samples of other clusters are
+/// passed on as they came).
 #[derive(Debug, Serialize)]
 pub struct SandboxesWithMetrics {
-    pub sandboxes: BTreeMap<String, SandboxMetric>,
+    pub sandboxes: BTreeMap<String, Value>,
 }
 
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: one sample now of each listed live sandbox the caller
-/// may see; unknown, invisible and ended ids are left out.
+/// may see; unknown, invisible and ended ids are left out. Ids `{cluster}.{uuid}` of other
+/// clusters are asked of those clusters (one request per cluster) and answered under the same id.
 pub async fn metrics_batch(
     State(st): State<St>,
+    headers: HeaderMap,
     E2bAuth(auth): E2bAuth,
     EQuery(q): EQuery<BatchMetricsParams>,
 ) -> EResult<Json<SandboxesWithMetrics>> {
@@ -675,7 +736,47 @@ pub async fn metrics_batch(
     if ids.is_empty() {
         return Err(E2bError::bad_request("sandbox_ids is required: a comma-separated list of sandbox ids"));
     }
-    let sandboxes = st.app.engine.sandboxes_metrics(&auth, &ids).await?;
+    let catalog = st.app.gateway.catalog();
+    // Local ids as the engine knows them → as the caller wrote them.
+    let mut local: BTreeMap<String, String> = BTreeMap::new();
+    let mut remote: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in ids {
+        match split_sandbox_id(&id) {
+            Some((c, u)) if catalog.is_local(c) => {
+                local.insert(u.to_owned(), id.clone());
+            }
+            Some((c, u)) => remote.entry(c.to_owned()).or_default().push(u.to_owned()),
+            None => {
+                local.insert(id.clone(), id.clone());
+            }
+        }
+    }
+    let mut sandboxes = BTreeMap::new();
+    if !local.is_empty() {
+        let bare: Vec<String> = local.keys().cloned().collect();
+        for (id, m) in st.app.engine.sandboxes_metrics(&auth, &bare).await? {
+            let asked = local.get(&id).cloned().unwrap_or(id);
+            sandboxes.insert(asked, serde_json::to_value(m).unwrap_or(Value::Null));
+        }
+    }
+    for (cluster, uuids) in remote {
+        let out = Outbound {
+            method: Method::GET,
+            path_and_query: format!("/sandboxes/metrics?sandbox_ids={}", uuids.join(",")),
+            headers: headers.clone(),
+            body: Default::default(),
+        };
+        let (status, _, doc) = st.app.gateway.send_json(&cluster, Plane::E2b, out).await?;
+        if !status.is_success() {
+            let message = doc["message"].as_str().map_or_else(|| doc.to_string(), str::to_owned);
+            return Err(E2bError::new(status, format!("cluster {cluster:?}: {message}")));
+        }
+        if let Some(m) = doc["sandboxes"].as_object() {
+            for (id, v) in m {
+                sandboxes.insert(global_sandbox_id(&cluster, id), v.clone());
+            }
+        }
+    }
     Ok(Json(SandboxesWithMetrics { sandboxes }))
 }
 
@@ -685,14 +786,34 @@ mod tests {
 
     #[test]
     fn template_ids() {
-        assert_eq!(parse_template_id("py", "c1").unwrap(), ("py".into(), None));
-        assert_eq!(parse_template_id("py//python:3.12", "c1").unwrap(), ("py".into(), Some("python:3.12".into())));
+        let t = |c: Option<&str>, p: &str, i: Option<&str>| TemplateRef {
+            cluster: c.map(str::to_owned),
+            pool: p.into(),
+            image: i.map(str::to_owned),
+        };
+        assert_eq!(parse_template_id("py").unwrap(), t(None, "py", None));
+        assert_eq!(parse_template_id("py//python:3.12").unwrap(), t(None, "py", Some("python:3.12")));
+        let r = parse_template_id("c1::py//docker.io/x/y:1").unwrap();
+        assert_eq!(r, t(Some("c1"), "py", Some("docker.io/x/y:1")));
+        assert_eq!(r.without_cluster(), "py//docker.io/x/y:1");
+        assert_eq!(parse_template_id("*::py").unwrap(), t(Some("*"), "py", None));
+        assert_eq!(parse_template_id("c2::py").unwrap().without_cluster(), "py");
+        assert_eq!(parse_template_id("//img").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse_template_id("::py").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse_template_id("eu::").unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_forwarded_create_is_serialized_with_the_fields_the_caller_sent() {
+        let req: NewSandbox = serde_json::from_value(json!({
+            "templateID": "web", "timeout": 60, "envVars": {"A": "1"}, "allowInternetAccess": true, "secure": true
+        }))
+        .unwrap();
+        let back = serde_json::to_value(&req).unwrap();
         assert_eq!(
-            parse_template_id("c1::py//docker.io/x/y:1", "c1").unwrap(),
-            ("py".into(), Some("docker.io/x/y:1".into()))
+            back,
+            json!({"templateID": "web", "timeout": 60, "envVars": {"A": "1"}, "allow_internet_access": true, "secure": true})
         );
-        assert_eq!(parse_template_id("c2::py", "c1").unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
-        assert_eq!(parse_template_id("//img", "c1").unwrap_err().status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

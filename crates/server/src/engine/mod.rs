@@ -108,6 +108,8 @@ pub(crate) struct PoolRt {
     pub autoscale: Mutex<autoscale::PoolAutoscaler>,
     /// Recent events, in memory only (see `events.rs`).
     pub events: Mutex<events::EventRing>,
+    /// The status last published through `Backend::publish_pool_status` (see `reconcile.rs`).
+    pub published_status: Mutex<Option<agentbox_core::backend::PoolStatusReport>>,
 }
 
 pub struct Engine {
@@ -163,6 +165,11 @@ impl Engine {
 
     pub fn cluster_id(&self) -> &str {
         &self.cfg.cluster_id
+    }
+
+    /// The base URL of this server's data plane in sandbox endpoint URLs (`--proxy-listen`), if any.
+    pub fn proxy_base_url(&self) -> Option<&str> {
+        self.cfg.proxy_base_url.as_deref()
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -229,6 +236,7 @@ impl Engine {
             wake: Notify::new(),
             autoscale: Default::default(),
             events: Default::default(),
+            published_status: Default::default(),
         });
         pools.insert(key, Arc::clone(&rt));
         drop(pools);
@@ -236,6 +244,24 @@ impl Engine {
         let rt2 = Arc::clone(&rt);
         tokio::spawn(async move { me.run_reconciler(rt2).await });
         rt
+    }
+
+    /// A pool changed in the store behind the engine's back (Kubernetes mode: `kubectl apply`,
+    /// `scale` or `delete` of a `SandboxPool`, seen by the store's watch): make sure the pool has a
+    /// reconciler and wake it, so a new pool warms up and a change applies at once instead of at
+    /// the next claim or restart. A pool that is gone only wakes its reconciler (which then finds
+    /// it deleted).
+    pub fn pool_changed(self: &Arc<Self>, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        match self.store.get_pool(namespace, name) {
+            Ok(Some(pool)) => self.ensure_pool_rt(&pool).wake.notify_one(),
+            Ok(None) => {
+                if let Some(rt) = self.pool_rt(&key) {
+                    rt.wake.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(namespace, pool = name, error = %e, "cannot read a changed pool"),
+        }
     }
 
     pub(crate) fn pool_rt(&self, key: &PoolKey) -> Option<Arc<PoolRt>> {

@@ -492,6 +492,36 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The pool's status for [`Backend::publish_pool_status`](agentbox_core::backend::Backend::publish_pool_status):
+    /// phase, counts, conditions and diagnostics as in [`PoolView`], without the events (which
+    /// change with time, not with the pool).
+    pub(crate) fn pool_status_report(&self, p: &Pool) -> Result<agentbox_core::backend::PoolStatusReport, AppError> {
+        use agentbox_core::backend::{PoolStatusCondition, PoolStatusDiagnostic, PoolStatusReport};
+        let counts = self.pool_counts(p)?;
+        let phase = pool_phase(p.spec.replicas, &counts, p.deleting);
+        let slots = self.slots_of(p)?;
+        let warnings_of: BTreeMap<String, Vec<PodDiagnosticEvent>> =
+            match self.pool_rt(&(p.namespace.clone(), p.name.clone())) {
+                Some(rt) => {
+                    let ring = rt.events.lock();
+                    slots.iter().map(|s| (s.slot_id.clone(), ring.warnings_of(&s.slot_id))).collect()
+                }
+                None => BTreeMap::new(),
+            };
+        let diagnostics = pool_diagnostics(slots, &warnings_of);
+        let conditions = pool_conditions(phase, &counts, &diagnostics)
+            .into_iter()
+            .map(|c| PoolStatusCondition { kind: c.kind, status: c.status, reason: c.reason, message: c.message })
+            .collect();
+        let diagnostics = diagnostics
+            .into_iter()
+            .map(|d| PoolStatusDiagnostic { slot_id: d.pod_name, reason: d.reason, message: d.message })
+            .collect();
+        Ok(PoolStatusReport { phase, counts, conditions, diagnostics })
+    }
+}
+
 /// Diagnostics of a pool's slots: every failed slot, and any other slot with warning events.
 fn pool_diagnostics(
     slots: Vec<agentbox_core::model::Slot>,

@@ -227,7 +227,31 @@ impl Engine {
             tracing::info!(pool = %pool.name, "pool deleted");
             return Ok(false);
         }
+        self.publish_status(rt, &pool).await;
         Ok(true)
+    }
+
+    /// Hand the pool's status to the backend (Kubernetes: the `SandboxPool` status subresource)
+    /// when it differs from the one last published, so that an unchanged pool costs no API call.
+    /// A failure is logged and retried on the next pass.
+    async fn publish_status(&self, rt: &Arc<PoolRt>, pool: &Pool) {
+        if !self.backend.publishes_pool_status() {
+            return;
+        }
+        let report = match self.pool_status_report(pool) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(pool = %pool.name, error = %e, "cannot compute the pool status to publish");
+                return;
+            }
+        };
+        if rt.published_status.lock().as_ref() == Some(&report) {
+            return;
+        }
+        match self.backend.publish_pool_status(&pool.namespace, &pool.name, &report).await {
+            Ok(()) => *rt.published_status.lock() = Some(report),
+            Err(e) => tracing::warn!(pool = %pool.name, error = %e, "cannot publish the pool status; will retry"),
+        }
     }
 
     /// Replace idle slots made from an older definition of the pool (template sync, policy or image

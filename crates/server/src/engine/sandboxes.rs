@@ -83,6 +83,9 @@ pub struct SandboxList {
     pub total: u64,
     pub limit: u32,
     pub offset: u32,
+    /// With `cluster=*`: the clusters that could not be listed.
+    #[serde(rename = "clusterErrors", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_errors: Vec<crate::gateway::ClusterListError>,
 }
 
 /// A command: a shell string (run with `sh -c`) or an argv list.
@@ -718,6 +721,7 @@ impl Engine {
             total,
             limit,
             offset: filter.offset,
+            cluster_errors: vec![],
         })
     }
 

@@ -389,3 +389,70 @@ async fn a_pool_deleted_and_recreated_under_the_same_name_warms_up_again() {
     let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
     assert_eq!(sb.status, SandboxStatus::Running);
 }
+
+/// The last status the engine handed to the backend for pool `pool`, once `ok` accepts it.
+async fn wait_published(
+    r: &Rig,
+    pool: &str,
+    ok: impl Fn(&agentbox_core::backend::PoolStatusReport) -> bool,
+) -> agentbox_core::backend::PoolStatusReport {
+    for _ in 0..500 {
+        let last = r.backend.published.lock().iter().rev().find(|(_, p, _)| p == pool).map(|(_, _, s)| s.clone());
+        if let Some(s) = last.filter(|s| ok(s)) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no matching status of pool {pool} was published: {:?}", r.backend.published.lock());
+}
+
+#[tokio::test]
+async fn the_pool_status_is_published_to_the_backend_only_when_it_changes() {
+    use agentbox_core::reconcile::PoolPhase;
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    let view = r.engine.create_pool(&auth, pool_req("p", 2, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 2).await;
+    let ready = wait_published(&r, "p", |s| s.counts.idle == 2 && s.counts.creating == 0).await;
+    assert_eq!(ready.phase, PoolPhase::Ready);
+    assert_eq!((ready.counts.running, ready.counts.failed, ready.counts.total()), (0, 0, 2));
+    let kinds: Vec<(&str, bool)> = ready.conditions.iter().map(|c| (c.kind.as_str(), c.status)).collect();
+    assert_eq!(kinds, vec![("Available", true), ("Scaling", false), ("Degraded", false)]);
+    assert!(ready.diagnostics.is_empty());
+    let (ns, _, _) = r.backend.published.lock().last().cloned().unwrap();
+    assert_eq!(ns, view.namespace, "published under the pool's namespace");
+
+    // Many reconcile passes (every 20 ms) later, nothing changed: nothing published again.
+    let before = r.backend.published.lock().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.backend.published.lock().len(), before, "an unchanged status is not published again");
+
+    let sb = r.engine.create_sandbox(&auth, claim_req("p")).await.unwrap();
+    let claimed = wait_published(&r, "p", |s| s.counts.running == 1).await;
+    assert_eq!(claimed.counts.idle, 1);
+    let published = r.backend.published.lock().clone();
+    assert!(published.windows(2).all(|w| w[0].2 != w[1].2), "no status is published twice in a row: {published:#?}");
+    r.engine.delete_sandbox(&auth, &sb.sandbox_id).unwrap();
+    wait_published(&r, "p", |s| s.counts.idle == 2 && s.counts.running == 0 && s.counts.stopping == 0).await;
+}
+
+#[tokio::test]
+async fn a_pool_written_to_the_store_directly_warms_up_once_announced() {
+    let r = rig().await;
+    let auth = AuthInfo::dev_admin();
+    r.engine.create_pool(&auth, pool_req("p", 1, PodCreationImagePolicy::PoolDefaultImage)).unwrap();
+    wait_idle(&r, "p", 1).await;
+    // What a watch of the cluster's objects does: a pool appears in the store, not through the engine.
+    let mut outside = r.store.list_pools(None).unwrap().into_iter().find(|p| p.name == "p").unwrap();
+    outside.name = "outside".into();
+    outside.spec.replicas = 2;
+    outside.resource_version = 0;
+    r.store.create_pool(&outside).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = r.engine.get_pool(&auth, "outside").unwrap().status.counts;
+    assert_eq!(before.idle + before.creating, 0, "no reconciler runs for a pool the engine was not told about");
+    r.engine.pool_changed(&outside.namespace, "outside");
+    wait_idle(&r, "outside", 2).await;
+    // Announcing a deleted pool is harmless.
+    r.engine.pool_changed(&outside.namespace, "never-existed");
+}

@@ -266,6 +266,57 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Send an HTTP/1.1 upgrade request (a WebSocket handshake) to `plane` of `cluster`: like
+    /// [`Gateway::send`], plus the handshake headers ([`UPGRADE_HEADERS`]). When the answer is
+    /// `101 Switching Protocols`, `reqwest::Response::upgrade` gives the remote end of the tunnel.
+    pub async fn send_upgrade(
+        &self,
+        cluster: &str,
+        plane: Plane,
+        req: Outbound,
+    ) -> Result<reqwest::Response, GatewayError> {
+        let entry = self.target(cluster, &req.headers)?;
+        let base = entry
+            .url(plane)
+            .ok_or(GatewayError::NotConfigured { cluster: cluster.to_owned(), field: plane.field() })?;
+        let url = format!("{base}{}", req.path_and_query);
+        let mut headers = self.outbound_headers(&entry, &req.headers);
+        for name in UPGRADE_HEADERS {
+            for v in req.headers.get_all(*name) {
+                headers.append(HeaderName::from_static(name), v.clone());
+            }
+        }
+        let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
+        match tokio::time::timeout(self.timeouts.response, send).await {
+            Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: self.timeouts.response }),
+            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+/// Request headers of an HTTP/1.1 upgrade handshake, forwarded by [`Gateway::send_upgrade`] only.
+pub const UPGRADE_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
+/// A cluster that a `cluster=*` listing could not include (the answer holds the others).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterListError {
+    pub cluster: String,
+    /// The cluster's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub error: String,
+}
+
 /// The whole cause chain of an error, `outer: inner: …` (reqwest's top-level message alone says
 /// little, e.g. "error sending request").
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod error;
+mod gateway;
 mod keys;
 mod logs;
 mod metrics;
@@ -156,6 +157,7 @@ pub fn openapi() -> serde_json::Value {
 fn finish_document(api: utoipa::openapi::OpenApi) -> serde_json::Value {
     use serde_json::{Value, json};
     let mut doc = flatten_all_of(api);
+    gateway::document(&mut doc);
     doc["components"]["securitySchemes"] = json!({
         "apiKey": {"type": "apiKey", "in": "header", "name": "AGENTBOX-API-KEY",
             "description": "An API key (`agbx_<64 hex>`, or its alias `e2b_<same hex>`) or the admin key."},
@@ -244,7 +246,7 @@ fn flatten_all_of(api: utoipa::openapi::OpenApi) -> serde_json::Value {
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, api) = api_router().split_for_parts();
     let api = Arc::new(finish_document(api));
-    router
+    let inner = router
         .route("/openapi.json", get(move || async move { Json((*api).clone()) }))
         .fallback(|| async {
             ApiError(agentbox_core::error::AppError::not_found("no such route; see GET /openapi.json for the API"))
@@ -252,11 +254,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::track))
         // JSON bodies are small; the image upload streams its raw body and is not bound by this.
         .layer(DefaultBodyLimit::max(16 << 20))
+        .with_state(Arc::clone(&state));
+    // Multi-cluster routing runs before routing and auth: it may rewrite the path
+    // (`cluster.uuid` → `uuid`) or forward the request to another cluster.
+    gateway::wrap(state, inner)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %rid, sandbox_id = tracing::field::Empty)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
 }

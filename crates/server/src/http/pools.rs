@@ -87,6 +87,9 @@ pub struct PoolList {
     pub total: u64,
     pub limit: u32,
     pub offset: u32,
+    /// With `cluster=*`: the clusters that could not be listed.
+    #[serde(rename = "clusterErrors", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_errors: Vec<crate::gateway::ClusterListError>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -113,10 +116,14 @@ pub async fn create_pool(
 }
 
 /// Pools the caller may use, sorted by name.
-#[utoipa::path(get, path = "/v1/sandboxpools", tag = "pools", responses((status = 200, body = PoolList)))]
+///
+/// With `cluster=`, the pools of that cluster (or of every cluster, `*`) with names qualified as
+/// `cluster::pool`.
+#[utoipa::path(get, path = "/v1/sandboxpools", tag = "pools", params(super::gateway::ClusterQuery),
+    responses((status = 200, body = PoolList), (status = 400, body = ErrorBody, description = "unknown cluster")))]
 pub async fn list_pools(State(st): State<Arc<AppState>>, auth: AuthInfo) -> ApiResult<Json<PoolList>> {
     let items = st.engine.list_pools(&auth)?;
-    Ok(Json(PoolList { total: items.len() as u64, items, limit: 0, offset: 0 }))
+    Ok(Json(PoolList { total: items.len() as u64, items, limit: 0, offset: 0, cluster_errors: vec![] }))
 }
 
 /// One pool with live status and diagnostics.

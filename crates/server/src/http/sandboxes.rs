@@ -45,7 +45,10 @@ pub async fn create_sandbox(
 }
 
 /// List live and historical sandboxes, newest first.
-#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListSandboxesQuery),
+///
+/// With `cluster=`, the sandboxes of that cluster (or of every cluster, `*`) with global ids
+/// (`cluster.uuid`); see docs/gateway.md for paging a merged list.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListSandboxesQuery, super::gateway::ClusterQuery),
     responses((status = 200, body = SandboxList), (status = 400, body = ErrorBody)))]
 pub async fn list_sandboxes(
     State(st): State<Arc<AppState>>,

@@ -1,0 +1,69 @@
+//! The native API of a gateway forwards only callers it accepts itself (`docs/gateway.md`,
+//! "Authentication"): with a cluster whose URL refuses connections, an accepted caller gets 502
+//! (the request left the gateway) and a refused one 401 (it never did).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbox_core::fake_backend::FakeBackend;
+use agentbox_core::fake_store::MemoryStore;
+use agentbox_server::authn::AuthConfig;
+use agentbox_server::engine::{Engine, EngineConfig};
+use agentbox_server::gateway::{Catalog, Gateway, GatewayTimeouts};
+use agentbox_server::http::{AppState, router};
+use serde_json::json;
+
+const ADMIN: &str = "admin-key-for-tests-0123456789";
+
+#[tokio::test]
+async fn forwarded_requests_need_credentials_the_gateway_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let path = dir.path().join("clusters.yaml");
+    std::fs::write(&path, format!("clusters:\n  - id: down\n    nativeUrl: http://{closed}\n")).unwrap();
+    let engine = Engine::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(FakeBackend::new()),
+        EngineConfig { cluster_id: "home".into(), ..Default::default() },
+    );
+    engine.start().await.unwrap();
+    let timeouts = GatewayTimeouts { connect: Duration::from_secs(2), response: Duration::from_secs(5) };
+    let gateway = Arc::new(Gateway::new(Arc::new(Catalog::load(&path, "home").unwrap()), timeouts));
+    let state = AppState::with_gateway(
+        engine,
+        None,
+        AuthConfig { admin_key: Some(ADMIN.into()), ..Default::default() },
+        gateway,
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
+
+    let client = reqwest::Client::new();
+    let id = "down.0192f0aa-0000-7000-8000-000000000001";
+    let cases: Vec<(&str, String, Option<serde_json::Value>)> = vec![
+        ("GET", format!("/v1/sandboxes/{id}"), None),
+        ("DELETE", format!("/v1/sandboxes/{id}"), None),
+        ("POST", format!("/v1/sandboxes/{id}/exec"), Some(json!({"command": "true"}))),
+        ("POST", "/v1/sandboxes".into(), Some(json!({"poolName": "down::default"}))),
+        ("GET", "/v1/sandboxes?cluster=down".into(), None),
+    ];
+    for (method, path, body) in cases {
+        for (key, want) in [(Some(ADMIN), 502), (Some("agbx_not-a-key"), 401), (None, 401)] {
+            let mut rb = client.request(method.parse().unwrap(), format!("{base}{path}"));
+            if let Some(k) = key {
+                rb = rb.header("AGENTBOX-API-KEY", k);
+            }
+            if let Some(b) = &body {
+                rb = rb.json(b);
+            }
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, want, "{method} {path} with key {key:?}: {text}");
+            if want == 502 {
+                assert!(text.contains("refused"), "the cause is named: {text}");
+            }
+        }
+    }
+}
