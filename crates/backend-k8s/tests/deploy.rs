@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -66,6 +66,7 @@ struct Manifests {
     role: ClusterRole,
     binding: ClusterRoleBinding,
     account: ServiceAccount,
+    claims: Vec<PersistentVolumeClaim>,
     crds: Vec<CustomResourceDefinition>,
 }
 
@@ -74,6 +75,7 @@ fn manifests() -> Manifests {
     documents(&deploy_dir().join("kustomize"), &mut docs);
     let (mut deployment, mut service, mut role, mut binding, mut account) = (None, None, None, None, None);
     let mut crds = Vec::new();
+    let mut claims = Vec::new();
     for (file, v) in &docs {
         match v["kind"].as_str().unwrap_or_default() {
             "Namespace" => {
@@ -84,6 +86,7 @@ fn manifests() -> Manifests {
             "ClusterRoleBinding" => binding = Some(typed::<ClusterRoleBinding>(file, v)),
             "Deployment" => deployment = Some(typed::<Deployment>(file, v)),
             "Service" => service = Some(typed::<Service>(file, v)),
+            "PersistentVolumeClaim" => claims.push(typed::<PersistentVolumeClaim>(file, v)),
             // Generated YAML; serde_yaml renders some defaults differently, so no round trip here.
             "CustomResourceDefinition" => crds.push(serde_json::from_value(v.clone()).unwrap()),
             other => panic!("{file}: unexpected kind {other:?}: add it to this test"),
@@ -95,6 +98,7 @@ fn manifests() -> Manifests {
         role: role.expect("a ClusterRole"),
         binding: binding.expect("a ClusterRoleBinding"),
         account: account.expect("a ServiceAccount"),
+        claims,
         crds,
     }
 }
@@ -210,4 +214,28 @@ fn the_agent_image_flag_names_the_image_the_kustomization_deploys() {
     let deployed = format!("{}:{}", image["newName"].as_str().unwrap(), image["newTag"].as_str().unwrap());
     // Kustomize rewrites `image:` fields only, never args: keep both in step by hand.
     assert_eq!(flag, deployed, "the slot pods' agent comes from the server image");
+}
+
+#[test]
+fn the_data_dir_is_on_a_persistent_volume_claim_of_the_kustomization() {
+    let m = manifests();
+    let pod = m.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    let dir = args.iter().find_map(|a| a.strip_prefix("--data-dir=")).expect("--data-dir");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.mount_path == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at the data dir {dir}"));
+    let volume = pod.volumes.as_deref().unwrap_or_default().iter().find(|v| v.name == mount.name).unwrap();
+    let claim = volume.persistent_volume_claim.as_ref().expect("the data dir must survive restarts: use a PVC");
+    assert!(
+        m.claims.iter().any(|c| c.metadata.name.as_deref() == Some(claim.claim_name.as_str())),
+        "the kustomization creates the claim {}",
+        claim.claim_name
+    );
+    let strategy = m.deployment.spec.as_ref().unwrap().strategy.as_ref().and_then(|s| s.type_.clone());
+    assert_eq!(strategy.as_deref(), Some("Recreate"), "a ReadWriteOnce claim needs the old Pod gone first");
 }
