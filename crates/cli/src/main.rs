@@ -38,6 +38,8 @@ enum Command {
     Apikey(cmd::apikey::ApiKeyCmd),
     /// Who the server thinks you are.
     Whoami(crate::client::ClientArgs),
+    /// The clusters the server routes to (`--clusters-config`); ids for `cluster::pool`.
+    Clusters(crate::client::ClientArgs),
     /// Quotas: admin management, or `quota list --mine`.
     #[command(subcommand)]
     Quota(cmd::quota::QuotaCmd),
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             Command::Terminal(a) => a.run().await,
             Command::Apikey(c) => c.run().await,
             Command::Whoami(c) => cmd::whoami(c).await,
+            Command::Clusters(c) => cmd::clusters(c).await,
             Command::Quota(c) => c.run().await,
             Command::Image(c) => c.run().await,
             Command::Bench(a) => a.run().await,

@@ -154,6 +154,24 @@ fn gateway_routes_native_requests_across_clusters() {
     assert_eq!(l["items"].as_array().unwrap().len(), 1, "{l}");
     assert!(l.get("clusterErrors").is_none(), "{l}");
     assert_eq!(ids(&home.get("/v1/sandboxes").expect(200)), vec![bare(&lid)], "plain lists stay local");
+    // The CLI: `sandbox list --cluster '*'` and `clusters` through the gateway.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+            .args(args)
+            .env("AGENTBOX_ENDPOINT", &home.url)
+            .env_remove("AGENTBOX_API_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let l = cli(&["sandbox", "list", "--cluster", "*", "--status", "Running", "-o", "json"]);
+    let mut listed = ids(&l);
+    listed.sort();
+    assert_eq!(listed, vec![gid.clone(), lid.clone()], "{l}");
+    let c = cli(&["clusters", "-o", "json"]);
+    let cluster_ids: Vec<&str> = c["clusters"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(cluster_ids, ["eu", "home"], "{c}");
 
     // --- release both through their global ids
     assert_eq!(home.delete(&format!("/v1/sandboxes/{gid}")).expect(202)["status"], "Stopping");

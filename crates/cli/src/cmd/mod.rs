@@ -38,3 +38,15 @@ pub async fn whoami(c: crate::client::ClientArgs) -> Result<std::process::ExitCo
     );
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// `agentbox clusters`: the clusters the server routes to (its catalog; the local one marked).
+pub async fn clusters(c: crate::client::ClientArgs) -> Result<std::process::ExitCode> {
+    let v: serde_json::Value = crate::client::Client::new(&c)?.get("/v1/clusters").await?;
+    crate::output::print(
+        c.output,
+        &v,
+        v["clusters"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+        &[("ID", "/id"), ("NAME", "/name"), ("LOCAL", "/local")],
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}

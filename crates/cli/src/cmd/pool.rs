@@ -12,6 +12,9 @@ use crate::output::print;
 pub enum PoolCmd {
     /// List pools with their slot counts.
     List {
+        /// On a gateway: the pools of this cluster (named `cluster::pool`), or `*` for all clusters.
+        #[arg(long)]
+        cluster: Option<String>,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -100,9 +103,18 @@ async fn wait_ready(client: &Client, name: &str) -> Result<Value> {
 impl PoolCmd {
     pub async fn run(self) -> Result<ExitCode> {
         match self {
-            PoolCmd::List { c } => {
-                let v: Value = Client::new(&c)?.get("/v1/sandboxpools").await?;
+            PoolCmd::List { cluster, c } => {
+                let path = match cluster {
+                    Some(cl) => format!("/v1/sandboxpools?cluster={}", if cl == "*" { "%2A".to_string() } else { cl }),
+                    None => "/v1/sandboxpools".to_string(),
+                };
+                let v: Value = Client::new(&c)?.get(&path).await?;
                 print(c.output, &v, v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]), COLS);
+                if c.output == crate::output::Format::Table {
+                    for e in v["clusterErrors"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                        eprintln!("cluster {} not listed: {}", e["cluster"], e["error"]);
+                    }
+                }
             }
             PoolCmd::Get { name, c } => {
                 let v: Value = Client::new(&c)?.get(&format!("/v1/sandboxpools/{name}")).await?;

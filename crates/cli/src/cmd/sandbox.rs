@@ -46,6 +46,9 @@ pub enum SandboxCmd {
         limit: u32,
         #[arg(long, default_value_t = 0)]
         offset: u32,
+        /// On a gateway: list the sandboxes of this cluster, or `*` for all clusters merged.
+        #[arg(long)]
+        cluster: Option<String>,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -153,8 +156,11 @@ impl SandboxCmd {
                 let v: Value = Client::new(&c)?.post("/v1/sandboxes", &body).await?;
                 print(c.output, &v, std::slice::from_ref(&v["sandbox"]), COLS);
             }
-            SandboxCmd::List { pool, status, limit, offset, c } => {
+            SandboxCmd::List { pool, status, limit, offset, cluster, c } => {
                 let mut q = format!("/v1/sandboxes?limit={limit}&offset={offset}");
+                if let Some(cl) = cluster {
+                    q.push_str(&format!("&cluster={}", if cl == "*" { "%2A".to_string() } else { cl }));
+                }
                 if let Some(p) = pool {
                     q.push_str(&format!("&poolName={p}"));
                 }
@@ -165,6 +171,9 @@ impl SandboxCmd {
                 print(c.output, &v, v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]), COLS);
                 if c.output == Format::Table {
                     eprintln!("{} of {} total", v["items"].as_array().map_or(0, Vec::len), v["total"]);
+                    for e in v["clusterErrors"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                        eprintln!("cluster {} not listed: {}", e["cluster"], e["error"]);
+                    }
                 }
             }
             SandboxCmd::Get { id, c } => {
