@@ -51,7 +51,7 @@ id=$("$bin" sandbox create --pool eu::default -o json | jq -r .sandbox.sandboxId
 echo "sandbox id: $id"
 "$bin" exec "$id" -- sh -c 'echo "hello from $(hostname) on cluster eu"'
 echo "== the same sandbox through the gateway's data plane (the agent's health check)"
-curl -s -o /dev/null -w 'GET /sandboxes/%{url}... -> %{http_code}\n' "http://127.0.0.1:8292/sandboxes/$id/49983/health"
+curl -s -o /dev/null -w 'data plane: GET /sandboxes/<id>/49983/health -> HTTP %{http_code}\n' "http://127.0.0.1:8292/sandboxes/$id/49983/health"
 echo "== pools and sandboxes of all clusters"
 "$bin" pool list --cluster '*'
 "$bin" sandbox list --cluster '*' --status Running

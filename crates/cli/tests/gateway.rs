@@ -141,6 +141,8 @@ fn gateway_routes_native_requests_across_clusters() {
     assert!(lid.starts_with("home."), "{lid}");
     assert_eq!(home.sandbox(&bare(&lid))["status"], "Running");
     assert_eq!(home.sh_ok(&lid, "echo local"), "local\n");
+    let by_global = home.get(&format!("/v1/sandboxes/{lid}")).expect(200);
+    assert_eq!(by_global["sandbox"]["sandboxId"], lid.as_str(), "asked by its global id, answered with it");
 
     // --- listings: one cluster, or all of them merged with global ids
     let l = home.get("/v1/sandboxes?cluster=eu").expect(200);

@@ -122,6 +122,23 @@ pub(super) fn wrap(st: Arc<AppState>, inner: Router) -> Router {
 }
 
 /// The error answer of a request the gateway could not route or forward.
+/// A local answer to a request that named the sandbox by its global id: JSON bodies get global
+/// ids; streams (NDJSON, upgrades) pass as they are.
+async fn globalize_local_answer(resp: Response, cluster: &str) -> Response {
+    if !is_json(resp.headers()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = to_bytes(body, BODY_LIMIT).await else { return too_large() };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut doc) => {
+            globalize_ids(&mut doc, cluster);
+            json_response(parts.status, &parts.headers, &doc)
+        }
+        Err(_) => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
 pub(super) fn gateway_error(e: &GatewayError) -> Response {
     let (code, detail) = match e {
         GatewayError::UnknownCluster { known, .. } => ("CLUSTER_UNKNOWN", Some(json!({ "knownClusters": known }))),
@@ -281,7 +298,10 @@ impl Routing {
                 };
                 let pq = with_query(&local_path, req.uri().query());
                 if self.catalog().is_local(cluster) {
-                    return self.local_at(req, &pq).await;
+                    // Asked by its global id: answer with global ids too.
+                    let cluster = cluster.to_owned();
+                    let resp = self.local_at(req, &pq).await;
+                    return globalize_local_answer(resp, &cluster).await;
                 }
                 let cluster = cluster.to_owned();
                 if tail == Some("terminal") && is_upgrade(req.headers()) {
