@@ -12,7 +12,9 @@ machine load:
   - GET /v1/sandboxes/{id}            direct (bare uuid) vs through the gateway (global id);
   - POST /v1/sandboxes/{id}/exec true direct vs through the gateway;
   - GET {proxy}/sandboxes/{id}/49983/health (the agent through the data plane) direct vs gateway;
-and N/10 claim+release cycles (`poolName: CLUSTER::default` through the gateway vs `default` direct).
+and N/10 claims (`poolName: CLUSTER::default`, and `*::default` placement, through the gateway vs
+`default` direct; each released
+and the pool back to all idle, untimed, before the next).
 Prints p50/p99 in ms, the gateway/direct ratio of the medians, and one JSON line.
 """
 import json
@@ -69,28 +71,32 @@ for name, (direct, via) in pairs.items():
         d.append(timed(direct))
         g.append(timed(via))
     results[name] = (d, g)
-ok(c.delete(f"{gateway}/v1/sandboxes/{gid}"), 204)
+ok(c.delete(f"{gateway}/v1/sandboxes/{gid}"), 202)
 
 
-def cycle(url, pool):
-    def run():
-        r = ok(c.post(f"{url}/v1/sandboxes", json={"poolName": pool}), 201)
-        sid = r.json()["sandbox"]["sandboxId"]
-        ok(c.delete(f"{url}/v1/sandboxes/{sid}"), 204)
-        # Let the slot recycle so the next claim finds it idle.
-        for _ in range(200):
-            p = c.get(f"{remote}/v1/sandboxpools/default").json()
-            if p.get("status", {}).get("idle", 0) >= 1:
-                break
-            time.sleep(0.01)
-    return run
+def claim(url, pool):
+    """Time one claim (POST /v1/sandboxes until 201); then release it and, untimed, wait until
+    the remote's pool has all its slots idle again so every claim starts from the same state."""
+    t0 = time.perf_counter()
+    r = ok(c.post(f"{url}/v1/sandboxes", json={"poolName": pool}), 201)
+    ms = (time.perf_counter() - t0) * 1000
+    ok(c.delete(f"{url}/v1/sandboxes/{r.json()['sandbox']['sandboxId']}"), 202)
+    for _ in range(1000):
+        st = c.get(f"{remote}/v1/sandboxpools/default").json()["pool"]["status"]
+        if st.get("idle", 0) >= st.get("replicas", idle_target) and st.get("stopping", 0) == 0:
+            break
+        time.sleep(0.01)
+    return ms
 
 
-d, g = [], []
+idle_target = c.get(f"{remote}/v1/sandboxpools/default").json()["pool"]["spec"].get("replicas", 1)
+d, g, p = [], [], []
 for _ in range(max(5, n // 10)):
-    d.append(timed(cycle(remote, "default")))
-    g.append(timed(cycle(gateway, f"{cluster}::default")))
-results["claim_release"] = (d, g)
+    d.append(claim(remote, "default"))
+    g.append(claim(gateway, f"{cluster}::default"))
+    p.append(claim(gateway, "*::default"))
+results["claim"] = (d, g)
+results["claim_placed"] = (d, p)
 
 out = {}
 for name, (d, g) in results.items():

@@ -16,6 +16,11 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # The servers leave their bridge and NAT rule for the next start; this demo removes them.
+  for b in agbxeu:10.214 agbxhome:10.215; do
+    ip link del "${b%%:*}" 2>/dev/null || true
+    iptables -t nat -D POSTROUTING -s "${b##*:}.0.0/16" ! -o "${b%%:*}" -j MASQUERADE 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 
