@@ -520,11 +520,8 @@ impl DataPlane {
             parts.headers.insert(header::HOST, h);
         }
         set_forwarded_for(&mut parts.headers, peer);
-        for (k, v) in &entry.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                parts.headers.insert(k, v);
-            }
-        }
+        // The catalog's headers are NOT sent on the data plane: its traffic ends in code inside a
+        // sandbox, which must never see the credentials the gateway holds for a cluster's APIs.
         if let Ok(v) = HeaderValue::from_str(gateway.catalog().local_id()) {
             parts.headers.insert(HeaderName::from_static(SOURCE_CLUSTER_HEADER), v);
         }
@@ -593,6 +590,8 @@ impl DataPlane {
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // Gateway bookkeeping stays between data planes.
+        parts.headers.remove(SOURCE_CLUSTER_HEADER);
         if let Some(proto) = &upgrade {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());

@@ -135,7 +135,13 @@ async fn creates_and_sandbox_routes_go_to_the_owning_cluster() {
     let on_eu = expect(call(&eu.e2b, ADMIN, "GET", &format!("/sandboxes/{uuid}"), None, &[]).await, 200);
     assert_eq!(on_eu["sandboxID"], uuid.as_str());
     let own = expect(call(&eu.e2b, ADMIN, "GET", &format!("/sandboxes/{id}"), None, &[]).await, 200);
-    assert_eq!(own["sandboxID"], uuid.as_str());
+    assert_eq!(own["sandboxID"], id.as_str(), "asked by its global id, answered with it");
+    // A create naming the cluster itself (`eu::web` on eu) answers with the global id too.
+    let direct =
+        expect(call(&eu.e2b, ADMIN, "POST", "/sandboxes", Some(json!({"templateID": "eu::web"})), &[]).await, 201);
+    let direct_id = direct["sandboxID"].as_str().unwrap().to_owned();
+    assert!(direct_id.starts_with("eu."), "{direct}");
+    expect(call(&eu.e2b, ADMIN, "DELETE", &format!("/sandboxes/{direct_id}"), None, &[]).await, 204);
 
     // Through the gateway: get, timeout, refreshes, connect, logs, metrics (single and batch).
     let got = expect(call(gw, ADMIN, "GET", &format!("/sandboxes/{id}"), None, &[]).await, 200);

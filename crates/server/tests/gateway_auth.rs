@@ -63,7 +63,32 @@ async fn forwarded_requests_need_credentials_the_gateway_accepts() {
             assert_eq!(status, want, "{method} {path} with key {key:?}: {text}");
             if want == 502 {
                 assert!(text.contains("refused"), "the cause is named: {text}");
+                assert!(!text.contains(&closed.to_string()), "catalog URLs never leave the server: {text}");
             }
         }
     }
+    // Paths that would climb out of /v1/sandboxes/{id} on the remote are never forwarded (a forward
+    // would answer 502 here, the cluster being down).
+    for path in [
+        format!("/v1/sandboxes/{id}/../../admin/api-keys"),
+        format!("/v1/sandboxes/{id}/%2e%2e/%2e%2e/admin/api-keys"),
+        "/v1/sandboxes/down.../admin/api-keys".to_string(),
+    ] {
+        // Raw HTTP: a client library would normalise the dot segments before sending.
+        let answer = raw_get(&base, &path).await;
+        let status: u16 = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(status == 400 || status == 404, "{path}: {answer}");
+    }
+}
+
+/// `GET path` over a plain TCP connection, exactly as written; the whole answer as text.
+async fn raw_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAGENTBOX-API-KEY: {ADMIN}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

@@ -68,7 +68,9 @@ pub(super) async fn route_sandbox_ids(State(st): State<St>, req: Request, next: 
             Ok(u) => parts.uri = u,
             Err(_) => return E2bError::bad_request(format!("invalid path {bare:?}")).into_response(),
         }
-        return next.run(Request::from_parts(parts, body)).await;
+        let resp = next.run(Request::from_parts(parts, body)).await;
+        // Asked by its global id: answer with global ids, as the native API does.
+        return crate::gateway::globalize_local_answer(resp, &cluster).await;
     }
     let (mut parts, body) = req.into_parts();
     if let Err(e) = E2bAuth::from_request_parts(&mut parts, &st).await {
@@ -105,14 +107,7 @@ pub(super) async fn forward(
     }
     let status = resp.status();
     let headers = resp.headers().clone();
-    let after = st.app.gateway.timeouts().response;
-    let bytes = tokio::time::timeout(after, resp.bytes())
-        .await
-        .map_err(|_| GatewayError::Timeout { cluster: cluster.to_owned(), after })?
-        .map_err(|e| GatewayError::Unreachable {
-            cluster: cluster.to_owned(),
-            cause: crate::gateway::error_chain(&e),
-        })?;
+    let bytes = st.app.gateway.read_answer(cluster, resp).await?;
     let Ok(mut doc) = serde_json::from_slice::<Value>(&bytes) else {
         let mut r = (status, bytes).into_response();
         if let Some(ct) = headers.get(header::CONTENT_TYPE) {

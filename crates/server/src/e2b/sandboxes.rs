@@ -236,7 +236,12 @@ pub async fn create(
         }
         e
     })?;
-    Ok((StatusCode::CREATED, Json(answer(&st, &sb))).into_response())
+    let mut out = answer(&st, &sb);
+    if tref.cluster.is_some() {
+        // `home::pool` on cluster `home`: name the sandbox globally, as the native API does.
+        out.sandbox_id = global_sandbox_id(st.app.engine.cluster_id(), &out.sandbox_id);
+    }
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 /// E2B `ListedSandbox` / `SandboxDetail` (the detail adds `domain`).

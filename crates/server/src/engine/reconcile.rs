@@ -248,9 +248,12 @@ impl Engine {
         if rt.published_status.lock().as_ref() == Some(&report) {
             return;
         }
-        match self.backend.publish_pool_status(&pool.namespace, &pool.name, &report).await {
-            Ok(()) => *rt.published_status.lock() = Some(report),
-            Err(e) => tracing::warn!(pool = %pool.name, error = %e, "cannot publish the pool status; will retry"),
+        // Bounded: a slow API server must not hold up the pass (refill, timeouts, autoscaling).
+        let publish = self.backend.publish_pool_status(&pool.namespace, &pool.name, &report);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
+            Ok(Ok(())) => *rt.published_status.lock() = Some(report),
+            Ok(Err(e)) => tracing::warn!(pool = %pool.name, error = %e, "cannot publish the pool status; will retry"),
+            Err(_) => tracing::warn!(pool = %pool.name, "publishing the pool status took over 5 s; will retry"),
         }
     }
 

@@ -9,7 +9,7 @@
 //!     nativeUrl: http://10.0.0.5:8080
 //!     e2bUrl: http://10.0.0.5:8090
 //!     proxyUrl: http://10.0.0.5:8092
-//!     headers: {AGENTBOX-API-KEY: "..."}
+//!     headers: {x-internal-token: "..."}
 //! ```
 //!
 //! The local cluster (`--cluster-id`) is always part of the catalog; an entry with the local id
@@ -43,7 +43,9 @@ pub struct ClusterEntry {
     /// Base URL of the cluster's data plane (`--proxy-listen`).
     #[serde(default)]
     pub proxy_url: Option<String>,
-    /// Extra headers sent with every request forwarded to this cluster (e.g. its admin key).
+    /// Extra headers sent with every API request forwarded to this cluster (never on the data
+    /// plane), e.g. a network-level token. They win over the caller's: a credential here acts for
+    /// every caller of the gateway.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }

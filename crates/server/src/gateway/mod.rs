@@ -35,8 +35,8 @@ const FORWARDED_HEADERS: &[&str] = &[
     "accept",
     "x-request-id",
     "x-agentbox-client-version",
-    "x-agentbox-impersonate-team",
-    "x-agentbox-impersonate-user",
+    crate::authn::IMPERSONATE_TEAM,
+    crate::authn::IMPERSONATE_USER,
 ];
 
 /// Response headers not copied back (hop-by-hop, or recomputed by our own server).
@@ -55,7 +55,27 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 /// give `None`.
 pub fn split_sandbox_id(id: &str) -> Option<(&str, &str)> {
     let (cluster, rest) = id.split_once('.')?;
-    (!cluster.is_empty() && !rest.is_empty()).then_some((cluster, rest))
+    (catalog::valid_cluster_id(cluster) && valid_local_id(rest)).then_some((cluster, rest))
+}
+
+/// Could `id` be a sandbox id of one cluster (a UUID, or any 1-64 letters, digits, `-`, `_`)? What
+/// a gateway puts into a forwarded path must be no more than that: no `.`, `/` or `%`, so a path
+/// can never climb out of `/v1/sandboxes/{id}` on the remote.
+pub fn valid_local_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Is `path_and_query` safe to append to a cluster's base URL? Dot segments (also percent-encoded)
+/// and backslashes are refused: URL normalisation would turn `/v1/sandboxes/x/../../admin` into
+/// another route on the remote.
+pub fn safe_forward_path(path_and_query: &str) -> bool {
+    let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
+    path.starts_with('/')
+        && !path.contains('\\')
+        && !path.to_ascii_lowercase().contains("%2e")
+        && !path.to_ascii_lowercase().contains("%2f")
+        && !path.to_ascii_lowercase().contains("%5c")
+        && path.split('/').all(|seg| seg != "." && seg != "..")
 }
 
 /// `cluster.uuid`.
@@ -78,6 +98,10 @@ pub fn globalize_ids(doc: &mut serde_json::Value, cluster: &str) {
     match doc {
         serde_json::Value::Object(m) => {
             for (k, v) in m.iter_mut() {
+                // User-supplied maps may hold keys of the same name: leave them alone.
+                if matches!(k.as_str(), "metadata" | "labels" | "annotations" | "envVars" | "env") {
+                    continue;
+                }
                 if matches!(k.as_str(), "sandboxId" | "sandboxID")
                     && let serde_json::Value::String(s) = v
                     && split_sandbox_id(s).is_none()
@@ -108,6 +132,10 @@ pub enum GatewayError {
     Loop { source_cluster: String, cluster: String },
     #[error("forward request to cluster {cluster:?}: {cause}")]
     Unreachable { cluster: String, cause: String },
+    #[error("the path {path:?} cannot be forwarded: dot segments and encoded separators are not allowed")]
+    BadPath { path: String },
+    #[error("forward request to cluster {cluster:?}: the answer is larger than {limit} bytes")]
+    TooLarge { cluster: String, limit: usize },
     #[error("forward request to cluster {cluster:?}: no answer within {after:?}")]
     Timeout { cluster: String, after: Duration },
 }
@@ -117,8 +145,10 @@ impl GatewayError {
     /// cannot be reached, 504 when it does not answer in time.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::UnknownCluster { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::NotConfigured { .. } | GatewayError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UnknownCluster { .. } | GatewayError::BadPath { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::NotConfigured { .. } | GatewayError::Unreachable { .. } | GatewayError::TooLarge { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::Loop { .. } => StatusCode::LOOP_DETECTED,
             GatewayError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -231,16 +261,31 @@ impl Gateway {
     /// Send `req` to `plane` of `cluster` and return the response once its headers arrived (the
     /// body streams).
     pub async fn send(&self, cluster: &str, plane: Plane, req: Outbound) -> Result<reqwest::Response, GatewayError> {
+        self.send_within(cluster, plane, req, self.timeouts.response).await
+    }
+
+    /// [`Gateway::send`] with its own bound on the wait for the response headers (a create that
+    /// allows a long startup waits for it).
+    pub async fn send_within(
+        &self,
+        cluster: &str,
+        plane: Plane,
+        req: Outbound,
+        response_timeout: Duration,
+    ) -> Result<reqwest::Response, GatewayError> {
         let entry = self.target(cluster, &req.headers)?;
+        if !safe_forward_path(&req.path_and_query) {
+            return Err(GatewayError::BadPath { path: req.path_and_query });
+        }
         let base = entry
             .url(plane)
             .ok_or(GatewayError::NotConfigured { cluster: cluster.to_owned(), field: plane.field() })?;
         let url = format!("{base}{}", req.path_and_query);
         let headers = self.outbound_headers(&entry, &req.headers);
         let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
-        match tokio::time::timeout(self.timeouts.response, send).await {
-            Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: self.timeouts.response }),
-            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) }),
+        match tokio::time::timeout(response_timeout, send).await {
+            Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: response_timeout }),
+            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: reqwest_cause(e) }),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -253,13 +298,21 @@ impl Gateway {
         plane: Plane,
         req: Outbound,
     ) -> Result<(StatusCode, HeaderMap, serde_json::Value), GatewayError> {
-        let resp = self.send(cluster, plane, req).await?;
+        self.send_json_within(cluster, plane, req, self.timeouts.response).await
+    }
+
+    /// [`Gateway::send_json`] with its own bound on the wait for the response headers.
+    pub async fn send_json_within(
+        &self,
+        cluster: &str,
+        plane: Plane,
+        req: Outbound,
+        response_timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, serde_json::Value), GatewayError> {
+        let resp = self.send_within(cluster, plane, req, response_timeout).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = tokio::time::timeout(self.timeouts.response, resp.bytes())
-            .await
-            .map_err(|_| GatewayError::Timeout { cluster: cluster.to_owned(), after: self.timeouts.response })?
-            .map_err(|e| GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) })?;
+        let body = self.read_answer(cluster, resp).await?;
         let doc = serde_json::from_slice(&body)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
         Ok((status, headers, doc))
@@ -277,6 +330,9 @@ impl Gateway {
         req: Outbound,
     ) -> Result<reqwest::Response, GatewayError> {
         let entry = self.target(cluster, &req.headers)?;
+        if !safe_forward_path(&req.path_and_query) {
+            return Err(GatewayError::BadPath { path: req.path_and_query });
+        }
         let base = entry
             .url(plane)
             .ok_or(GatewayError::NotConfigured { cluster: cluster.to_owned(), field: plane.field() })?;
@@ -290,7 +346,7 @@ impl Gateway {
         let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
         match tokio::time::timeout(self.timeouts.response, send).await {
             Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: self.timeouts.response }),
-            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) }),
+            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: reqwest_cause(e) }),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -315,6 +371,70 @@ pub struct ClusterListError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub error: String,
+}
+
+/// The most a gateway buffers of one answer it must read or rewrite (JSON answers of the APIs).
+pub const MAX_BUFFERED_ANSWER: usize = 16 << 20;
+
+impl Gateway {
+    /// Read a forwarded answer's body to rewrite it: bounded in time ([`GatewayTimeouts::response`])
+    /// and size ([`MAX_BUFFERED_ANSWER`]).
+    pub async fn read_answer(&self, cluster: &str, mut resp: reqwest::Response) -> Result<Bytes, GatewayError> {
+        let after = self.timeouts.response;
+        let read = async {
+            let mut buf = bytes::BytesMut::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| GatewayError::Unreachable { cluster: cluster.to_owned(), cause: reqwest_cause(e) })?
+            {
+                if buf.len() + chunk.len() > MAX_BUFFERED_ANSWER {
+                    return Err(GatewayError::TooLarge { cluster: cluster.to_owned(), limit: MAX_BUFFERED_ANSWER });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(buf.freeze())
+        };
+        tokio::time::timeout(after, read)
+            .await
+            .map_err(|_| GatewayError::Timeout { cluster: cluster.to_owned(), after })?
+    }
+}
+
+/// A local answer to a request that named the sandbox by its global id: JSON bodies get global
+/// ids; streams (NDJSON, upgrades) pass as they are.
+pub async fn globalize_local_answer(resp: Response, cluster: &str) -> Response {
+    if !resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BUFFERED_ANSWER).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut doc) => {
+            globalize_ids(&mut doc, cluster);
+            json_response(parts.status, &parts.headers, &doc)
+        }
+        Err(_) => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
+/// How long a forwarded create may take to answer: the usual bound, or the caller's startup timeout
+/// plus a minute when that is longer.
+pub fn create_wait(default: Duration, startup: Option<Duration>) -> Duration {
+    startup.map_or(default, |s| default.max(s.saturating_add(Duration::from_secs(60))))
+}
+
+/// The cause of a failed forward, without the URL reqwest puts into its message (catalog URLs never
+/// leave the server, and a terminal URL carries its exec token).
+pub fn reqwest_cause(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
 }
 
 /// The whole cause chain of an error, `outer: inner: …` (reqwest's top-level message alone says
@@ -368,6 +488,20 @@ mod tests {
         assert_eq!(split_sandbox_id("0192-ab"), None);
         assert_eq!(split_sandbox_id(".x"), None);
         assert_eq!(split_sandbox_id("eu."), None);
+        assert_eq!(split_sandbox_id("eu..."), None, "only id characters after the cluster");
+        assert_eq!(split_sandbox_id("eu.a%2e"), None);
+        assert_eq!(split_sandbox_id("EU.abc"), None, "cluster ids are lowercase");
+        assert!(safe_forward_path("/v1/sandboxes/abc/exec?x=../.."));
+        for bad in [
+            "/v1/sandboxes/x/../../admin",
+            "/v1/sandboxes/x/%2e%2E/admin",
+            "/v1/sandboxes/x/./y",
+            "/a\\..\\b",
+            "/v1/sandboxes/x%2f..%2fadmin",
+            "v1",
+        ] {
+            assert!(!safe_forward_path(bad), "{bad}");
+        }
         assert_eq!(global_sandbox_id("eu", "abc"), "eu.abc");
         assert_eq!(global_sandbox_id("eu", "us.abc"), "us.abc", "already global");
         assert_eq!(split_pool_name("eu::web"), (Some("eu"), "web"));

@@ -43,8 +43,8 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::error::ErrorBody;
 use crate::gateway::{
-    ClusterListError, GatewayError, Outbound, Plane, error_chain, global_sandbox_id, globalize_ids, json_response,
-    split_pool_name, split_sandbox_id, stream_response,
+    ClusterListError, GatewayError, Outbound, Plane, global_sandbox_id, globalize_ids, json_response, split_pool_name,
+    split_sandbox_id, stream_response,
 };
 
 /// Bodies the gateway reads to route or rewrite (the native API's JSON limit).
@@ -86,8 +86,9 @@ enum Stock {
 pub(super) struct Routing {
     st: Arc<AppState>,
     inner: Router,
-    /// `(cluster, pool)` → stock and when it was read. Remote clusters only.
-    stock: Mutex<HashMap<(String, String), (Stock, Instant)>>,
+    /// `(namespace, cluster, pool)` → stock and when it was read. Remote clusters only. Pool names
+    /// are per namespace (tenants), so a reading holds only for callers of that namespace.
+    stock: Mutex<HashMap<(String, String, String), (Stock, Instant)>>,
     /// Pools placed with `*::` recently, kept fresh by the background task.
     interest: Mutex<HashMap<String, Instant>>,
     refresher: AtomicBool,
@@ -122,23 +123,6 @@ pub(super) fn wrap(st: Arc<AppState>, inner: Router) -> Router {
 }
 
 /// The error answer of a request the gateway could not route or forward.
-/// A local answer to a request that named the sandbox by its global id: JSON bodies get global
-/// ids; streams (NDJSON, upgrades) pass as they are.
-async fn globalize_local_answer(resp: Response, cluster: &str) -> Response {
-    if !is_json(resp.headers()) {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let Ok(bytes) = to_bytes(body, BODY_LIMIT).await else { return too_large() };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(mut doc) => {
-            globalize_ids(&mut doc, cluster);
-            json_response(parts.status, &parts.headers, &doc)
-        }
-        Err(_) => Response::from_parts(parts, Body::from(bytes)),
-    }
-}
-
 pub(super) fn gateway_error(e: &GatewayError) -> Response {
     let (code, detail) = match e {
         GatewayError::UnknownCluster { known, .. } => ("CLUSTER_UNKNOWN", Some(json!({ "knownClusters": known }))),
@@ -146,6 +130,8 @@ pub(super) fn gateway_error(e: &GatewayError) -> Response {
         GatewayError::Loop { .. } => ("CLUSTER_LOOP", None),
         GatewayError::Unreachable { .. } => ("CLUSTER_UNREACHABLE", None),
         GatewayError::Timeout { .. } => ("CLUSTER_TIMEOUT", None),
+        GatewayError::BadPath { .. } => ("BAD_PATH", None),
+        GatewayError::TooLarge { .. } => ("CLUSTER_ANSWER_TOO_LARGE", None),
     };
     if e.status().is_server_error() {
         tracing::warn!(error = %e, "gateway: request not forwarded");
@@ -301,7 +287,7 @@ impl Routing {
                     // Asked by its global id: answer with global ids too.
                     let cluster = cluster.to_owned();
                     let resp = self.local_at(req, &pq).await;
-                    return globalize_local_answer(resp, &cluster).await;
+                    return crate::gateway::globalize_local_answer(resp, &cluster).await;
                 }
                 let cluster = cluster.to_owned();
                 if tail == Some("terminal") && is_upgrade(req.headers()) {
@@ -383,10 +369,12 @@ impl Routing {
     /// Refuse a request the gateway would forward when the gateway itself does not accept the
     /// caller (see the module docs).
     fn refuse_unauthenticated(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
-        match self.st.auth.authenticate(method, headers) {
-            Ok(_) => None,
-            Err(e) => Some(super::ApiError(e).into_response()),
-        }
+        self.caller(method, headers).err()
+    }
+
+    /// The caller as this gateway sees it, or the refusal to answer with.
+    fn caller(&self, method: &Method, headers: &HeaderMap) -> Result<crate::auth::AuthInfo, Response> {
+        self.st.auth.authenticate(method, headers).map_err(|e| super::ApiError(e).into_response())
     }
 
     /// Forward a sandbox-scoped request to `cluster`; JSON answers are rewritten, others streamed.
@@ -406,16 +394,9 @@ impl Routing {
         }
         let status = resp.status();
         let headers = resp.headers().clone();
-        let after = self.st.gateway.timeouts().response;
-        let bytes = match tokio::time::timeout(after, resp.bytes()).await {
-            Err(_) => return gateway_error(&GatewayError::Timeout { cluster: cluster.to_owned(), after }),
-            Ok(Err(e)) => {
-                return gateway_error(&GatewayError::Unreachable {
-                    cluster: cluster.to_owned(),
-                    cause: error_chain(&e),
-                });
-            }
-            Ok(Ok(b)) => b,
+        let bytes = match self.st.gateway.read_answer(cluster, resp).await {
+            Ok(b) => b,
+            Err(e) => return gateway_error(&e),
         };
         let Ok(mut doc) = serde_json::from_slice::<Value>(&bytes) else {
             // Declared JSON but is not: pass it on as it came.
@@ -466,7 +447,7 @@ impl Routing {
                 }
                 (Err(e), _) => tracing::debug!(cluster = %cluster_id, error = %e, "gateway: caller upgrade failed"),
                 (_, Err(e)) => {
-                    tracing::warn!(cluster = %cluster_id, error = %error_chain(&e), "gateway: remote upgrade failed")
+                    tracing::warn!(cluster = %cluster_id, error = %crate::gateway::reqwest_cause(e), "gateway: remote upgrade failed")
                 }
             }
         });
@@ -496,14 +477,17 @@ impl Routing {
                 "BAD_POOL_NAME",
             );
         }
-        if !self.catalog().is_local(&cluster)
-            && let Some(refused) = self.refuse_unauthenticated(&parts.method, &parts.headers)
-        {
-            return refused;
-        }
+        let caller = if self.catalog().is_local(&cluster) {
+            None
+        } else {
+            match self.caller(&parts.method, &parts.headers) {
+                Ok(a) => Some(a),
+                Err(refused) => return refused,
+            }
+        };
         doc["poolName"] = Value::String(pool.clone());
-        if cluster == "*" {
-            return self.place(&parts, doc, &pool).await;
+        if let (true, Some(caller)) = (cluster == "*", caller) {
+            return self.place(&parts, &caller, doc, &pool).await;
         }
         match self.attempt(&parts.headers, &cluster, &doc).await {
             Ok(a) => a.into_response(),
@@ -522,7 +506,16 @@ impl Routing {
             }
             return Ok(a);
         }
-        let mut a = self.remote_json(cluster, Method::POST, "/v1/sandboxes".into(), headers, body).await?;
+        // The remote answers once the sandbox runs: wait at least the startup the caller allows.
+        let startup = doc
+            .get("startupTimeout")
+            .and_then(|v| serde_json::from_value::<agentbox_core::duration::WireDuration>(v.clone()).ok())
+            .map(|d| d.as_duration());
+        let within = crate::gateway::create_wait(self.st.gateway.timeouts().response, startup);
+        let out =
+            Outbound { method: Method::POST, path_and_query: "/v1/sandboxes".into(), headers: headers.clone(), body };
+        let (status, headers, doc) = self.st.gateway.send_json_within(cluster, Plane::Native, out, within).await?;
+        let mut a = Answer { status, headers, doc };
         self.globalize_remote(&mut a.doc, cluster);
         Ok(a)
     }
@@ -531,10 +524,17 @@ impl Routing {
     /// id). Every attempt but the last says `wait: false`, so a drained cluster answers 409 at once
     /// and the next one is tried; the last keeps the caller's `wait`. Unreachable clusters are
     /// skipped; when all clusters answered 409 (or 404), the last such answer is returned.
-    async fn place(self: &Arc<Self>, parts: &Parts, doc: Value, pool: &str) -> Response {
+    async fn place(
+        self: &Arc<Self>,
+        parts: &Parts,
+        caller: &crate::auth::AuthInfo,
+        doc: Value,
+        pool: &str,
+    ) -> Response {
         self.interest.lock().insert(pool.to_owned(), Instant::now());
         self.ensure_refresher();
-        let (ranked, skipped) = self.rank(parts, pool).await;
+        let ns = caller.namespace.as_str();
+        let (ranked, skipped) = self.rank(parts, caller, pool).await;
         if ranked.is_empty() {
             let all_absent = skipped.iter().all(|(_, s)| *s == Stock::Absent);
             let reasons: Vec<String> = skipped
@@ -568,7 +568,7 @@ impl Routing {
                     tracing::info!(cluster = %cluster, pool, status = a.status.as_u16(), cached_idle = idle,
                         "placement: cluster could not take the claim, trying the next");
                     let stock = if a.status == StatusCode::CONFLICT { Stock::Idle(0) } else { Stock::Absent };
-                    self.set_stock(&cluster, pool, stock);
+                    self.set_stock(ns, &cluster, pool, stock);
                     // A 409 says more than a 404 (the pool exists, it is drained).
                     if last
                         .as_ref()
@@ -579,14 +579,14 @@ impl Routing {
                 }
                 Ok(a) => {
                     if a.status.is_success() {
-                        self.took_one(&cluster, pool);
+                        self.took_one(ns, &cluster, pool);
                         tracing::info!(cluster = %cluster, pool, "placement: claimed");
                     }
                     return a.into_response();
                 }
                 Err(e) => {
                     tracing::warn!(cluster = %cluster, pool, error = %e, "placement: skipping an unreachable cluster");
-                    self.set_stock(&cluster, pool, Stock::Failed(e.to_string()));
+                    self.set_stock(ns, &cluster, pool, Stock::Failed(e.to_string()));
                     failures.push(e);
                 }
             }
@@ -601,21 +601,27 @@ impl Routing {
     }
 
     /// Candidate clusters for `*::pool`, best first, and the ones left out with why.
-    async fn rank(&self, parts: &Parts, pool: &str) -> (Vec<(String, u32)>, Vec<(String, Stock)>) {
+    async fn rank(
+        &self,
+        parts: &Parts,
+        caller: &crate::auth::AuthInfo,
+        pool: &str,
+    ) -> (Vec<(String, u32)>, Vec<(String, Stock)>) {
+        let ns = caller.namespace.as_str();
         let local_id = self.catalog().local_id().to_owned();
-        let mut all: Vec<(String, Stock)> = vec![(local_id.clone(), self.local_stock(parts, pool))];
+        let mut all: Vec<(String, Stock)> = vec![(local_id.clone(), self.local_stock(caller, pool))];
         let remotes: Vec<String> =
             self.catalog().remotes().into_iter().filter(|c| c.native_url.is_some()).map(|c| c.id).collect();
         let lookups = remotes.iter().map(|c| async move {
-            let cached = self.stock.lock().get(&(c.clone(), pool.to_owned())).cloned();
+            let cached = self.stock.lock().get(&(ns.to_owned(), c.clone(), pool.to_owned())).cloned();
             match cached {
                 Some((s, at)) if at.elapsed() < STOCK_FRESH => s,
                 _ => {
                     let (s, cacheable) = self.fetch_stock(c, pool, &parts.headers).await;
                     if cacheable {
-                        self.set_stock(c, pool, s.clone());
+                        self.set_stock(ns, c, pool, s.0.clone());
                     }
-                    s
+                    s.0
                 }
             }
         });
@@ -641,12 +647,8 @@ impl Routing {
     /// This cluster's stock of `pool` as the caller sees it, read from the engine. Any other
     /// refusal (credentials, an ambiguous name) ranks it last with 0, so that the claim itself
     /// gives the caller the local handler's precise error if nothing else takes it.
-    fn local_stock(&self, parts: &Parts, pool: &str) -> Stock {
-        let auth = match self.st.auth.authenticate(&parts.method, &parts.headers) {
-            Ok(a) => a,
-            Err(_) => return Stock::Idle(0),
-        };
-        match self.st.engine.get_pool(&auth, pool) {
+    fn local_stock(&self, caller: &crate::auth::AuthInfo, pool: &str) -> Stock {
+        match self.st.engine.get_pool(caller, pool) {
             Ok(p) => Stock::Idle(p.status.counts.idle),
             Err(e) if e.kind == agentbox_core::error::ErrorKind::NotFound => Stock::Absent,
             Err(_) => Stock::Idle(0),
@@ -655,36 +657,38 @@ impl Routing {
 
     /// Read a remote pool's idle slots (bounded by [`STOCK_TIMEOUT`]). The flag says whether the
     /// result holds for every caller (so it may be cached): an auth refusal does not.
-    async fn fetch_stock(&self, cluster: &str, pool: &str, headers: &HeaderMap) -> (Stock, bool) {
+    async fn fetch_stock(&self, cluster: &str, pool: &str, headers: &HeaderMap) -> ((Stock, Option<String>), bool) {
         let path = format!("/v1/sandboxpools/{}", encode_segment(pool));
         let call = self.remote_json(cluster, Method::GET, path, headers, Bytes::new());
         match tokio::time::timeout(STOCK_TIMEOUT, call).await {
-            Err(_) => (Stock::Failed(format!("no pool status within {STOCK_TIMEOUT:?}")), true),
-            Ok(Err(e)) => (Stock::Failed(e.to_string()), true),
+            Err(_) => ((Stock::Failed(format!("no pool status within {STOCK_TIMEOUT:?}")), None), true),
+            Ok(Err(e)) => ((Stock::Failed(e.to_string()), None), true),
             Ok(Ok(a)) if a.status == StatusCode::OK => {
+                let ns = a.doc.pointer("/pool/namespace").and_then(Value::as_str).map(str::to_owned);
                 match a.doc.pointer("/pool/status/idle").and_then(Value::as_u64) {
-                    Some(n) => (Stock::Idle(u32::try_from(n).unwrap_or(u32::MAX)), true),
-                    None => (Stock::Failed("its pool status has no idle count".into()), true),
+                    Some(n) => ((Stock::Idle(u32::try_from(n).unwrap_or(u32::MAX)), ns), true),
+                    None => ((Stock::Failed("its pool status has no idle count".into()), ns), true),
                 }
             }
-            Ok(Ok(a)) if a.status == StatusCode::NOT_FOUND => (Stock::Absent, true),
+            Ok(Ok(a)) if a.status == StatusCode::NOT_FOUND => ((Stock::Absent, None), true),
             Ok(Ok(a)) => {
                 let msg = a.doc.get("error").and_then(Value::as_str).unwrap_or("").to_owned();
-                (Stock::Failed(format!("pool status answered {}: {msg}", a.status.as_u16())), false)
+                ((Stock::Failed(format!("pool status answered {}: {msg}", a.status.as_u16())), None), false)
             }
         }
     }
 
-    fn set_stock(&self, cluster: &str, pool: &str, s: Stock) {
+    fn set_stock(&self, ns: &str, cluster: &str, pool: &str, s: Stock) {
         if self.catalog().is_local(cluster) {
             return;
         }
-        self.stock.lock().insert((cluster.to_owned(), pool.to_owned()), (s, Instant::now()));
+        self.stock.lock().insert((ns.to_owned(), cluster.to_owned(), pool.to_owned()), (s, Instant::now()));
     }
 
     /// A claim succeeded on `cluster`: one idle slot fewer until the next refresh says otherwise.
-    fn took_one(&self, cluster: &str, pool: &str) {
-        if let Some((Stock::Idle(n), _)) = self.stock.lock().get_mut(&(cluster.to_owned(), pool.to_owned())) {
+    fn took_one(&self, ns: &str, cluster: &str, pool: &str) {
+        let key = (ns.to_owned(), cluster.to_owned(), pool.to_owned());
+        if let Some((Stock::Idle(n), _)) = self.stock.lock().get_mut(&key) {
             *n = n.saturating_sub(1);
         }
     }
@@ -714,11 +718,14 @@ impl Routing {
                     let me = &me;
                     let none = &none;
                     async move {
+                        // Only positive readings are kept, under the namespace the pool was found in
+                        // (the gateway's own identity may see other pools than a tenant).
                         match me.fetch_stock(c, p, none).await.0 {
-                            Stock::Failed(why) => {
+                            (Stock::Idle(n), Some(ns)) => me.set_stock(&ns, c, p, Stock::Idle(n)),
+                            (Stock::Failed(why), _) => {
                                 tracing::debug!(cluster = %c, pool = %p, reason = %why, "stock refresh failed");
                             }
-                            s => me.set_stock(c, p, s),
+                            _ => {}
                         }
                     }
                 });
@@ -1022,6 +1029,14 @@ mod tests {
         h.insert(header::CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
         assert!(!is_json(&h));
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn a_create_waits_for_the_startup_it_allows() {
+        let d = Duration::from_secs(330);
+        assert_eq!(crate::gateway::create_wait(d, None), d);
+        assert_eq!(crate::gateway::create_wait(d, Some(Duration::from_secs(30))), d);
+        assert_eq!(crate::gateway::create_wait(d, Some(Duration::from_secs(900))), Duration::from_secs(960));
     }
 
     #[test]
