@@ -82,13 +82,16 @@ enum Stock {
     Failed(String),
 }
 
+/// `(namespace, cluster, pool)`.
+type StockKey = (String, String, String);
+
 /// The routing layer's state.
 pub(super) struct Routing {
     st: Arc<AppState>,
     inner: Router,
     /// `(namespace, cluster, pool)` → stock and when it was read. Remote clusters only. Pool names
     /// are per namespace (tenants), so a reading holds only for callers of that namespace.
-    stock: Mutex<HashMap<(String, String, String), (Stock, Instant)>>,
+    stock: Mutex<HashMap<StockKey, (Stock, Instant)>>,
     /// Pools placed with `*::` recently, kept fresh by the background task.
     interest: Mutex<HashMap<String, Instant>>,
     refresher: AtomicBool,
