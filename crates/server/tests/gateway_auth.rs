@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agentbox_core::fake_backend::FakeBackend;
 use agentbox_core::fake_store::MemoryStore;
-use agentbox_server::authn::AuthConfig;
+use agentbox_server::authn::{AuthConfig, RateLimit};
 use agentbox_server::engine::{Engine, EngineConfig};
 use agentbox_server::gateway::{Catalog, Gateway, GatewayTimeouts};
 use agentbox_server::http::{AppState, router};
@@ -91,4 +91,53 @@ async fn raw_get(base: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+#[tokio::test]
+async fn a_gateway_request_costs_the_caller_one_rate_limit_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let path = dir.path().join("clusters.yaml");
+    std::fs::write(&path, format!("clusters:\n  - id: down\n    nativeUrl: http://{closed}\n")).unwrap();
+    let engine = Engine::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(FakeBackend::new()),
+        EngineConfig { cluster_id: "home".into(), ..Default::default() },
+    );
+    engine.start().await.unwrap();
+    let gateway = Arc::new(Gateway::new(Arc::new(Catalog::load(&path, "home").unwrap()), GatewayTimeouts::default()));
+    // Two tokens at once, one more per second: two requests pass, then the limit bites.
+    let auth = AuthConfig {
+        admin_key: Some(ADMIN.into()),
+        rate_limit: Some(RateLimit { per_second: 1, burst: 2 }),
+        ..Default::default()
+    };
+    let state = AppState::with_gateway(engine, None, auth, gateway);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
+    let client = reqwest::Client::new();
+    let key: serde_json::Value = client
+        .post(format!("{base}/v1/admin/api-keys"))
+        .header("AGENTBOX-API-KEY", ADMIN)
+        .json(&json!({"team": "t1", "user": "u1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["apiKey"].as_str().unwrap().to_owned();
+    // `cluster=*`: the gateway authenticates the caller, then lists this cluster (and the down one).
+    let list = || client.get(format!("{base}/v1/sandboxes?cluster=%2A")).header("AGENTBOX-API-KEY", &key).send();
+    let first = list().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200, "{}", first.text().await.unwrap());
+    let second = list().await.unwrap();
+    assert_eq!(second.status().as_u16(), 200, "one token per request: {}", second.text().await.unwrap());
+    // The limit still holds (a slow machine may refill one token meanwhile, hence several tries).
+    let mut refused = false;
+    for _ in 0..3 {
+        refused |= list().await.unwrap().status().as_u16() == 429;
+    }
+    assert!(refused, "the rate limit applies to gateway requests");
 }

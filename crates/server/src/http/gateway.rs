@@ -331,10 +331,22 @@ impl Routing {
         self.local(req).await
     }
 
-    /// A local request built from the caller's headers, answered as buffered JSON.
-    async fn local_json(&self, method: Method, path_and_query: &str, headers: &HeaderMap, body: Bytes) -> Answer {
+    /// A local request built from the caller's headers, answered as buffered JSON. `auth`: the
+    /// caller as the gateway already authenticated it (the local handler then does not do it
+    /// again, so a gateway request costs the caller one rate-limit token, not one per page).
+    async fn local_json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        auth: Option<&crate::auth::AuthInfo>,
+    ) -> Answer {
         let mut req = Request::new(Body::from(body));
         *req.method_mut() = method;
+        if let Some(a) = auth {
+            req.extensions_mut().insert(a.clone());
+        }
         let mut h = headers.clone();
         h.remove(header::CONTENT_LENGTH);
         h.remove(header::TRANSFER_ENCODING);
@@ -492,7 +504,7 @@ impl Routing {
         if let (true, Some(caller)) = (cluster == "*", caller) {
             return self.place(&parts, &caller, doc, &pool).await;
         }
-        match self.attempt(&parts.headers, &cluster, &doc).await {
+        match self.attempt(&parts.headers, &cluster, &doc, None).await {
             Ok(a) => a.into_response(),
             Err(e) => gateway_error(&e),
         }
@@ -500,10 +512,16 @@ impl Routing {
 
     /// One claim on `cluster` (local or remote) with the body `doc`; a success names the sandbox
     /// with its global id.
-    async fn attempt(&self, headers: &HeaderMap, cluster: &str, doc: &Value) -> Result<Answer, GatewayError> {
+    async fn attempt(
+        &self,
+        headers: &HeaderMap,
+        cluster: &str,
+        doc: &Value,
+        auth: Option<&crate::auth::AuthInfo>,
+    ) -> Result<Answer, GatewayError> {
         let body = Bytes::from(serde_json::to_vec(doc).unwrap_or_default());
         if self.catalog().is_local(cluster) {
-            let mut a = self.local_json(Method::POST, "/v1/sandboxes", headers, body).await;
+            let mut a = self.local_json(Method::POST, "/v1/sandboxes", headers, body, auth).await;
             if a.status.is_success() {
                 globalize_ids(&mut a.doc, cluster);
             }
@@ -566,7 +584,7 @@ impl Routing {
             if i + 1 < n {
                 d["wait"] = Value::Bool(false);
             }
-            match self.attempt(&parts.headers, &cluster, &d).await {
+            match self.attempt(&parts.headers, &cluster, &d, Some(caller)).await {
                 Ok(a) if a.status == StatusCode::CONFLICT || a.status == StatusCode::NOT_FOUND => {
                     tracing::info!(cluster = %cluster, pool, status = a.status.as_u16(), cached_idle = idle,
                         "placement: cluster could not take the claim, trying the next");
@@ -743,21 +761,24 @@ impl Routing {
         let path = req.uri().path().to_owned();
         let query = strip_params(req.uri().query(), &["cluster"]);
         let headers = req.headers().clone();
-        if !self.catalog().is_local(cluster)
-            && let Some(refused) = self.refuse_unauthenticated(req.method(), &headers)
-        {
-            return refused;
-        }
+        let caller = if self.catalog().is_local(cluster) {
+            None
+        } else {
+            match self.caller(req.method(), &headers) {
+                Ok(a) => Some(a),
+                Err(refused) => return refused,
+            }
+        };
         if cluster == "*" {
             return if sandboxes {
-                self.aggregate_sandboxes(&path, query.as_deref(), &headers).await
+                self.aggregate_sandboxes(&path, query.as_deref(), &headers, caller.as_ref()).await
             } else {
-                self.aggregate_pools(&path, query.as_deref(), &headers).await
+                self.aggregate_pools(&path, query.as_deref(), &headers, caller.as_ref()).await
             };
         }
         let pq = with_query(&path, query.as_deref());
         let mut a = if self.catalog().is_local(cluster) {
-            self.local_json(Method::GET, &pq, &headers, Bytes::new()).await
+            self.local_json(Method::GET, &pq, &headers, Bytes::new(), None).await
         } else {
             match self.remote_json(cluster, Method::GET, pq, &headers, Bytes::new()).await {
                 Ok(a) => a,
@@ -788,9 +809,10 @@ impl Routing {
         path_and_query: String,
         headers: &HeaderMap,
         sandboxes: bool,
+        auth: Option<&crate::auth::AuthInfo>,
     ) -> Result<Value, ClusterListError> {
         let a = if self.catalog().is_local(cluster) {
-            self.local_json(Method::GET, &path_and_query, headers, Bytes::new()).await
+            self.local_json(Method::GET, &path_and_query, headers, Bytes::new(), auth).await
         } else {
             self.remote_json(cluster, Method::GET, path_and_query, headers, Bytes::new()).await.map_err(|e| {
                 ClusterListError {
@@ -816,7 +838,13 @@ impl Routing {
     /// [`AGGREGATE_MAX`]), so the merged page is exact. `total` is the sum of the clusters' totals.
     /// A remote cluster that cannot be listed is named in `clusterErrors` (the answer is partial);
     /// a local refusal (credentials, filters) is the answer.
-    async fn aggregate_sandboxes(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
+    async fn aggregate_sandboxes(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        auth: Option<&crate::auth::AuthInfo>,
+    ) -> Response {
         let pairs = serde_urlencoded_pairs(query.unwrap_or(""));
         let num = |name: &str, default: u32| -> Result<u32, Response> {
             match pairs.iter().find(|(k, _)| k == name) {
@@ -867,7 +895,7 @@ impl Routing {
                         Some(b) => format!("{b}&limit={page}&offset={at}"),
                         None => format!("limit={page}&offset={at}"),
                     };
-                    let doc = self.list_page(&cluster, format!("{path}?{q}"), headers, true).await?;
+                    let doc = self.list_page(&cluster, format!("{path}?{q}"), headers, true, auth).await?;
                     total = doc.get("total").and_then(Value::as_u64).unwrap_or(0);
                     let got = doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
                     let n = got.len() as u32;
@@ -913,12 +941,18 @@ impl Routing {
     }
 
     /// `GET /v1/sandboxpools?cluster=*`: every cluster's pools, names qualified, sorted by name.
-    async fn aggregate_pools(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
+    async fn aggregate_pools(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        auth: Option<&crate::auth::AuthInfo>,
+    ) -> Response {
         let local_id = self.catalog().local_id().to_owned();
         let mut clusters = vec![local_id.clone()];
         clusters.extend(self.catalog().remotes().into_iter().filter(|c| c.native_url.is_some()).map(|c| c.id));
         let pq = with_query(path, query);
-        let results = join_all(clusters.iter().map(|c| self.list_page(c, pq.clone(), headers, false))).await;
+        let results = join_all(clusters.iter().map(|c| self.list_page(c, pq.clone(), headers, false, auth))).await;
         let mut items = vec![];
         let mut errors = vec![];
         for r in results {
