@@ -75,9 +75,14 @@ pub struct KubeBackend {
     status_times: Mutex<HashMap<(String, String), crate::status::TransitionTimes>>,
     /// Cumulative CPU counters integrated from metrics-server's rates ([`crate::usage`]).
     cpu_clock: crate::usage::CpuClock,
-    /// CPU (nanocores) and memory (bytes) capacity by node name, for Pods without limits.
-    node_capacity: Mutex<HashMap<String, crate::usage::Capacity>>,
+    /// CPU (nanocores) and memory (bytes) capacity by node name, for Pods without limits, with
+    /// the time of a failed read (retried after [`NODE_RETRY`]).
+    node_capacity: Mutex<HashMap<String, (crate::usage::Capacity, Option<Instant>)>>,
 }
+
+/// How long a node whose capacity could not be read is taken as unknown before it is read again
+/// (e.g. after the RBAC right to `get` nodes was granted).
+const NODE_RETRY: Duration = Duration::from_secs(60);
 
 impl KubeBackend {
     /// A backend over an existing client (e.g. one built on a mocked service in tests). Does not
@@ -269,26 +274,30 @@ impl KubeBackend {
     }
 
     /// CPU (nanocores) and memory (bytes) capacity of node `name`, read once and cached; unknown
-    /// (`None`) when the node cannot be read (e.g. no RBAC right to `get` nodes).
+    /// (`None`) when the node cannot be read (e.g. no RBAC right to `get` nodes), and read again
+    /// [`NODE_RETRY`] after such a failure.
     async fn node_capacity(&self, name: &str) -> crate::usage::Capacity {
-        if let Some(c) = self.node_capacity.lock().get(name) {
+        if let Some((c, failed_at)) = self.node_capacity.lock().get(name)
+            && failed_at.is_none_or(|at| at.elapsed() < NODE_RETRY)
+        {
             return *c;
         }
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let cap = match nodes.get(name).await {
+        let (cap, failed_at) = match nodes.get(name).await {
             Ok(n) => {
                 let cap = n.status.and_then(|s| s.capacity).unwrap_or_default();
-                (
+                let cap = (
                     cap.get("cpu").and_then(|q| crate::usage::parse_cpu_nanos(&q.0)),
                     cap.get("memory").and_then(|q| agentbox_core::quantity::parse_memory_bytes(&q.0).ok()),
-                )
+                );
+                (cap, None)
             }
             Err(e) => {
-                tracing::debug!(node = name, error = %e, "cannot read the node's capacity");
-                (None, None)
+                tracing::debug!(node = name, error = %e, "cannot read the node's capacity; trying again in a minute");
+                ((None, None), Some(Instant::now()))
             }
         };
-        self.node_capacity.lock().insert(name.to_owned(), cap);
+        self.node_capacity.lock().insert(name.to_owned(), (cap, failed_at));
         cap
     }
 
@@ -789,4 +798,57 @@ fn parse_log_line(container: &str, line: &str) -> LogLine {
 /// Whether `s` looks like the RFC 3339 timestamp the kubelet prefixes (`2026-01-02T03:04:05.…Z`).
 fn chrono_like(s: &str) -> bool {
     s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T' && (s.ends_with('Z') || s.contains('+'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    /// A client whose API server refuses the first `GET` of a node (403: no RBAC right yet) and
+    /// answers every later one; `calls` counts the requests.
+    fn node_server(calls: Arc<AtomicUsize>) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                assert_eq!(req.uri().path(), "/api/v1/nodes/n1");
+                let (code, body) = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (
+                        403,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+                                 "code": 403, "message": "nodes \"n1\" is forbidden"}),
+                    )
+                } else {
+                    (
+                        200,
+                        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                                 "status": {"capacity": {"cpu": "4", "memory": "8Gi"}}}),
+                    )
+                };
+                let resp = Response::builder().status(code).body(Body::from(body.to_string().into_bytes())).unwrap();
+                send.send_response(resp);
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn a_failed_node_read_is_tried_again_later_and_a_success_is_kept() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let backend = KubeBackend::new(node_server(Arc::clone(&calls)), KubeBackendConfig::default());
+        assert_eq!(backend.node_capacity("n1").await, (None, None), "forbidden: unknown");
+        assert_eq!(backend.node_capacity("n1").await, (None, None), "within the retry delay: not asked again");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A minute later (the RBAC right was granted meanwhile) the node is read again.
+        let long_ago = Instant::now().checked_sub(NODE_RETRY + Duration::from_secs(1)).unwrap();
+        backend.node_capacity.lock().get_mut("n1").unwrap().1 = Some(long_ago);
+        let cap = (Some(4_000_000_000), Some(8 << 30));
+        assert_eq!(backend.node_capacity("n1").await, cap);
+        assert_eq!(backend.node_capacity("n1").await, cap, "a success is kept");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 }

@@ -181,7 +181,13 @@ fn start_error(pod: &str, container: &str, e: kube::Error) -> BackendError {
 /// code comes from the status channel. At `timeout` the connection is dropped and the result is
 /// exit code 124 with `timed_out` and the output read until then; the kubelet does not kill an
 /// exec'd process whose connection went away, so a command that ignores its closed output may
-/// run on in the container.
+/// run on in the container. A connection that could not be set up by then is an error (the
+/// command never ran).
+///
+/// With stdin over the `v4.channel.k8s.io` protocol (API servers without `v5`), closing stdin
+/// closes the whole connection (v4 has no per-stream close; the client cannot tell which
+/// protocol was negotiated), so the exit status is lost: the call fails with an error that says
+/// so, or, when the connection does not finish closing, ends at `timeout` as above.
 pub async fn run(
     api: &Api<Pod>,
     pod: &str,
@@ -199,16 +205,25 @@ pub async fn run(
         .max_stdin_buf_size(PIPE_BUF)
         .max_stdout_buf_size(PIPE_BUF)
         .max_stderr_buf_size(PIPE_BUF);
-    let timed_out = || ExecOutput { exit_code: 124, stdout: vec![], stderr: vec![], timed_out: true, truncated: false };
     let mut proc: AttachedProcess = match tokio::time::timeout_at(deadline, api.exec(pod, argv, &ap)).await {
-        Err(_) => return Ok(timed_out()),
+        Err(_) => {
+            return Err(BackendError::Runtime(format!(
+                "exec in pod {pod} container {container}: the connection was not set up within {timeout:?}, so the \
+                 command did not run: check that the API server and the node's kubelet answer"
+            )));
+        }
         Ok(Err(e)) => return Err(start_error(pod, container, e)),
         Ok(Ok(p)) => p,
     };
+    // Set once stdin was closed: a connection that ends after it without a status is most
+    // likely the v4 protocol's way of closing stdin rather than a lost kubelet.
+    let stdin_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(mut w), Some(data)) = (proc.stdin(), stdin.map(<[u8]>::to_vec)) {
         // In its own task: a command that never reads its stdin must not stall the output.
+        let closed = std::sync::Arc::clone(&stdin_closed);
         tokio::spawn(async move {
             let _ = w.write_all(&data).await;
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = w.shutdown().await;
         });
     }
@@ -224,6 +239,15 @@ pub async fn run(
     let status = match finished {
         Err(_) => {
             return Ok(ExecOutput { exit_code: 124, stdout: out.bytes, stderr: err.bytes, timed_out: true, truncated });
+        }
+        Ok(None) if stdin_closed.load(std::sync::atomic::Ordering::SeqCst) => {
+            return Err(BackendError::Runtime(format!(
+                "exec in pod {pod} container {container}: the connection ended after stdin was closed, without an exit \
+                 status: an api server that offers only the v4.channel.k8s.io exec protocol ends the connection to \
+                 close stdin (the command got its stdin; the connection to the kubelet may also have been lost); run \
+                 the sandbox with the in-sandbox agent (--k8s-agent-image), use a cluster that offers \
+                 v5.channel.k8s.io (Kubernetes 1.30 or later), or pass the input another way than stdin"
+            )));
         }
         Ok(None) => {
             return Err(BackendError::Runtime(format!(
@@ -247,8 +271,9 @@ pub async fn run(
 
 /// Start `req` (argv built by [`exec_command`]) with a terminal in `container` of `pod`: input
 /// and resizes go to the stdin and resize channels, the terminal's output to `output`; the exit
-/// code comes from the status channel (−1 when the connection ended without one). `Close`, or
-/// dropping `input`, hangs up (the kubelet closes the terminal, and the shell gets `SIGHUP`).
+/// code comes from the status channel (−1 when the connection ended without one). `Close`,
+/// dropping `input`, or dropping `output` (nobody reads the terminal any more) hangs up (the
+/// kubelet closes the terminal, and the shell gets `SIGHUP`); the exit code is then 129.
 pub async fn start_pty(
     api: &Api<Pod>,
     pod: &str,
@@ -270,7 +295,7 @@ pub async fn start_pty(
     tokio::spawn(async move {
         let mut buf = vec![0u8; 16 << 10];
         let mut input_open = true;
-        loop {
+        let hang_up = loop {
             tokio::select! {
                 msg = in_rx.recv(), if input_open => match msg {
                     Some(PtyInput::Data(d)) => {
@@ -281,25 +306,28 @@ pub async fn start_pty(
                     Some(PtyInput::Resize { cols, rows }) => {
                         let _ = futures::SinkExt::send(&mut resize, size(cols, rows)).await;
                     }
-                    Some(PtyInput::Close) | None => {
-                        // End of transmission, then hang up.
-                        let _ = stdin.write_all(&[4]).await;
-                        let _ = stdin.flush().await;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        drop(proc);
-                        let _ = exit_tx.send(129);
-                        return;
-                    }
+                    Some(PtyInput::Close) | None => break true,
                 },
                 n = stdout.read(&mut buf) => match n {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => break false,
                     Ok(n) => {
+                        // The client is gone: a process that keeps writing must not keep its
+                        // connection (and itself) alive.
                         if out_tx.send(buf[..n].to_vec()).await.is_err() {
-                            input_open = false;
+                            break true;
                         }
                     }
                 },
             }
+        };
+        if hang_up {
+            // End of transmission, then hang up.
+            let _ = stdin.write_all(&[4]).await;
+            let _ = stdin.flush().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(proc);
+            let _ = exit_tx.send(129);
+            return;
         }
         let code = match status.await.as_ref().map(exec_status) {
             Some(ExecStatus::Exited(c)) => c,

@@ -4,7 +4,9 @@
 //! and pools and keeps everything the cluster does not (slots, sandboxes, history, quotas).
 //!
 //! - **Writes** of templates and pools go to the API server first (create / replace with the
-//!   object's last seen `resourceVersion` / delete), then to the cache. A 409 from the API server
+//!   object's last seen `resourceVersion` / delete), then to the cache. A 409 on a replace whose
+//!   object only changed outside its spec (the status subresource, metadata) is retried once
+//!   with the fresh `resourceVersion`; any other 409 from the API server
 //!   is [`StoreError::Conflict`] (and the object is re-read into the cache, so the caller's retry
 //!   sees the new version); an unreachable API server is a [`StoreError::Backend`] that says so,
 //!   and the cache is left as it was.
@@ -21,7 +23,13 @@
 //!   pool marked `deleting` (its reconciler drains it the same way); a pool without slots is
 //!   released at once.
 //! - **API keys** are read from and written to Secrets only (the cache's key rows are imported
-//!   once, see [`LocalOnly`], and then left alone).
+//!   once, see [`LocalOnly`], and then left alone). A token hash that no Secret has is
+//!   remembered for [`KubeStoreConfig::unknown_key_ttl`], so that random keys presented to the
+//!   server do not each cost an API call; a key created or written through this store is
+//!   found at once (another replica's new key may be refused for up to that TTL).
+//! - **Objects that failed to import** at the first start (see [`LocalOnly::Import`]) stay in the
+//!   cache and are never taken for deletions in the cluster; the next write of one through the
+//!   engine creates its object. [`KubeStore::imports_complete`] says whether there were any.
 //! - Everything else delegates to the cache unchanged.
 //!
 //! The [`Store`] trait is synchronous and the engine calls it from async tasks (also on
@@ -29,10 +37,11 @@
 //! runtime and Kubernetes client; a store call hands it a job and waits for the answer, every API
 //! call bounded by [`KubeStoreConfig::call_timeout`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use agentbox_core::identity::{ApiKeyRecord, QuotaRecord};
 use agentbox_core::model::{Pool, Sandbox, SandboxStatus, Slot, SlotPhase, Template};
@@ -42,7 +51,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 
-use crate::convert::{pool_to_cr, template_to_cr};
+use crate::convert::{pool_from_cr, pool_to_cr, template_from_cr, template_to_cr};
 use crate::crd::{SandboxPool, SandboxTemplate};
 use crate::error::KubeError;
 use crate::keys::SecretKeyStore;
@@ -55,7 +64,10 @@ mod sync;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalOnly {
     /// Create them in the cluster (the first start in Kubernetes mode: nothing the user created
-    /// before is lost). A pool whose namespace cannot be written stays local, with a warning.
+    /// before is lost). One the cluster refuses (a pool whose namespace cannot be written, an
+    /// api key Secret that cannot be created) stays local, with a warning, and is listed by
+    /// [`KubeStore::not_imported`]: start with `Import` again until
+    /// [`KubeStore::imports_complete`].
     Import,
     /// The cluster wins: they were deleted there while the server was down. Templates leave the
     /// cache; a pool with slots is marked deleting (its reconciler destroys them), one without is
@@ -75,16 +87,21 @@ pub struct KubeStoreConfig {
     /// Watch both custom resources into the cache (`false` only in tests that script every
     /// request).
     pub watch: bool,
+    /// How long a token hash that no Secret has is answered "unknown" without asking the API
+    /// server again (keys created through this store are found at once regardless).
+    pub unknown_key_ttl: Duration,
 }
 
 impl KubeStoreConfig {
-    /// Keys in `key_namespace`, 10 s per API call, [`LocalOnly::Import`], watching.
+    /// Keys in `key_namespace`, 10 s per API call, [`LocalOnly::Import`], watching, unknown keys
+    /// remembered for 10 s.
     pub fn new(key_namespace: impl Into<String>) -> Self {
         KubeStoreConfig {
             key_namespace: key_namespace.into(),
             call_timeout: Duration::from_secs(10),
             local_only: LocalOnly::Import,
             watch: true,
+            unknown_key_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -127,7 +144,21 @@ struct Inner<S> {
     /// compared with the cache before the write it reports reached the cache.
     write: tokio::sync::Mutex<()>,
     changes: tokio::sync::broadcast::Sender<PoolChange>,
+    /// Templates and pools in the cache that the start-up import could not create in the
+    /// cluster: never taken for deletions there (see [`LocalOnly::Import`]).
+    local_only: Mutex<HashSet<ObjKey>>,
+    /// What the start-up import left local, for the operator ("template x", "pool ns/p",
+    /// "api key agbx-…").
+    not_imported: Mutex<Vec<String>>,
+    /// Token hashes no Secret had, and when that was seen.
+    unknown_keys: Mutex<HashMap<String, Instant>>,
+    /// Moves on every key written through the store: a lookup that started before a write does
+    /// not remember its hash as unknown.
+    key_writes: AtomicU64,
 }
+
+/// Most token hashes remembered as unknown (past it, the expired ones are dropped, then all).
+const MAX_UNKNOWN_KEYS: usize = 4096;
 
 impl<S: Store> KubeStore<S> {
     /// Connect with the inferred configuration (`KUBECONFIG`, `~/.kube/config`, or the in-cluster
@@ -187,6 +218,10 @@ impl<S: Store> KubeStore<S> {
                     seen: Mutex::new(HashMap::new()),
                     write: tokio::sync::Mutex::new(()),
                     changes: tokio::sync::broadcast::channel(256).0,
+                    local_only: Mutex::new(HashSet::new()),
+                    not_imported: Mutex::new(Vec::new()),
+                    unknown_keys: Mutex::new(HashMap::new()),
+                    key_writes: AtomicU64::new(0),
                 });
                 inner.initial_sync().await?;
                 if inner.cfg.watch {
@@ -202,6 +237,20 @@ impl<S: Store> KubeStore<S> {
     /// The local store (cache of templates and pools, owner of everything else).
     pub fn cache(&self) -> &S {
         &self.inner.cache
+    }
+
+    /// Whether the start-up import (with [`LocalOnly::Import`]) created everything the local
+    /// store had in the cluster. `false` means some objects stayed local only
+    /// ([`not_imported`](Self::not_imported)): the next start should import again rather than
+    /// let the cluster win. Always `true` with [`LocalOnly::Drop`].
+    pub fn imports_complete(&self) -> bool {
+        self.inner.not_imported.lock().is_empty()
+    }
+
+    /// What the start-up import could not create in the cluster ("template NAME", "pool NS/NAME",
+    /// "api key ID"); each was logged with the reason.
+    pub fn not_imported(&self) -> Vec<String> {
+        self.inner.not_imported.lock().clone()
     }
 
     /// Pools the cluster added, changed or deleted in the cache. The engine starts a reconciler
@@ -341,6 +390,47 @@ impl<S: Store> Inner<S> {
         }
     }
 
+    fn is_local_only(&self, key: &ObjKey) -> bool {
+        self.local_only.lock().contains(key)
+    }
+
+    /// Whether `hash` was looked up without a match less than the TTL ago.
+    fn known_unknown(&self, hash: &str) -> bool {
+        let ttl = self.cfg.unknown_key_ttl;
+        let mut unknown = self.unknown_keys.lock();
+        match unknown.get(hash) {
+            Some(at) if at.elapsed() < ttl => true,
+            Some(_) => {
+                unknown.remove(hash);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remember that no Secret has `hash`, unless a key was written since the lookup began
+    /// (`writes_before`): that key may be this one.
+    fn remember_unknown(&self, hash: String, writes_before: u64) {
+        if self.cfg.unknown_key_ttl.is_zero() || self.key_writes.load(Ordering::SeqCst) != writes_before {
+            return;
+        }
+        let ttl = self.cfg.unknown_key_ttl;
+        let mut unknown = self.unknown_keys.lock();
+        if unknown.len() >= MAX_UNKNOWN_KEYS {
+            unknown.retain(|_, at| at.elapsed() < ttl);
+            if unknown.len() >= MAX_UNKNOWN_KEYS {
+                unknown.clear();
+            }
+        }
+        unknown.insert(hash, Instant::now());
+    }
+
+    /// A key with `hash` was (or may have been) written: it is no longer unknown.
+    fn key_written(&self, hash: &str) {
+        self.key_writes.fetch_add(1, Ordering::SeqCst);
+        self.unknown_keys.lock().remove(hash);
+    }
+
     fn notify(&self, namespace: &str, name: &str) {
         let _ = self.changes.send(PoolChange { namespace: namespace.into(), name: name.into() });
     }
@@ -368,17 +458,66 @@ impl<S: Store> Inner<S> {
     async fn create_template(&self, t: Template) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
         let what = format!("creating sandboxtemplate {}", t.name);
-        match self.api(&what, self.templates().create(&PostParams::default(), &template_to_cr(&t))).await {
-            Ok(cr) => self.remember(ObjKey::Template(t.name.clone()), &cr.metadata),
+        let cr = match self.api(&what, self.templates().create(&PostParams::default(), &template_to_cr(&t))).await {
+            Ok(cr) => cr,
             Err(e @ StoreError::Conflict(_)) => {
                 self.refresh_template(&t.name).await;
                 return Err(e);
             }
             Err(e) => return Err(e),
-        }
-        self.cache_put_template(&t)
+        };
+        self.cache_put_template(&t)?;
+        // Only once the cache holds it: if the cache write failed, the watch event of this
+        // version is not taken for one already applied, and brings the cache in line.
+        self.remember(ObjKey::Template(t.name.clone()), &cr.metadata);
+        Ok(())
     }
 
+    /// Replace the template's object with `cr`. A 409 whose object kept the spec `cur` (the
+    /// cache's before this write: only its status or metadata moved, which bumps the
+    /// `resourceVersion` we replace with) is retried once with the fresh version.
+    async fn replace_template(
+        &self,
+        what: &str,
+        cur: &Template,
+        mut cr: SandboxTemplate,
+    ) -> Result<SandboxTemplate, StoreError> {
+        let api = self.templates();
+        let pp = PostParams::default();
+        let conflict = match self.api(what, api.replace(&cur.name, &pp, &cr)).await {
+            Err(StoreError::Conflict(m)) => m,
+            r => return r,
+        };
+        let fresh = self.api(what, api.get_opt(&cur.name)).await.ok().flatten();
+        match fresh {
+            Some(f)
+                if f.metadata.deletion_timestamp.is_none()
+                    && template_from_cr(&f).is_ok_and(|now| now.spec == cur.spec) =>
+            {
+                cr.metadata.resource_version = f.metadata.resource_version.clone();
+                self.api(what, api.replace(&cur.name, &pp, &cr)).await
+            }
+            _ => Err(StoreError::Conflict(conflict)),
+        }
+    }
+
+    /// Create the object of a template or pool the start-up import left local, now that the
+    /// engine writes it; from then on it is like any other.
+    async fn import_now(
+        &self,
+        key: &ObjKey,
+        what: &str,
+        create: impl Future<Output = Result<ObjectMeta, StoreError>>,
+    ) -> Result<ObjectMeta, StoreError> {
+        let meta = create.await.map_err(|e| match e {
+            StoreError::Conflict(m) => StoreError::Conflict(m),
+            e => StoreError::Backend(format!(
+                "{what}: it stayed local at the first start and cannot be created in the cluster: {e}"
+            )),
+        })?;
+        self.local_only.lock().remove(key);
+        Ok(meta)
+    }
     async fn update_template(&self, t: Template, expected_rv: u64) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
         let key = ObjKey::Template(t.name.clone());
@@ -394,23 +533,39 @@ impl<S: Store> Inner<S> {
         }
         let what = format!("updating sandboxtemplate {}", t.name);
         let mut cr = template_to_cr(&t);
-        cr.metadata.resource_version = match self.seen(&key) {
-            Some(s) => Some(s.resource_version),
-            None => self.api(&what, self.templates().get_opt(&t.name)).await?.and_then(|c| c.metadata.resource_version),
+        let meta = if self.is_local_only(&key) {
+            let create = async {
+                let created = self.api(&what, self.templates().create(&PostParams::default(), &cr)).await?;
+                Ok(created.metadata)
+            };
+            match self.import_now(&key, &what, create).await {
+                Ok(meta) => meta,
+                Err(e @ StoreError::Conflict(_)) => {
+                    self.local_only.lock().remove(&key);
+                    self.refresh_template(&t.name).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            cr.metadata.resource_version = match self.seen(&key) {
+                Some(s) => Some(s.resource_version),
+                None => {
+                    self.api(&what, self.templates().get_opt(&t.name)).await?.and_then(|c| c.metadata.resource_version)
+                }
+            };
+            match self.replace_template(&what, &cur, cr).await {
+                Ok(cr) => cr.metadata,
+                Err(e @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => {
+                    self.refresh_template(&t.name).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         };
-        match self.api(&what, self.templates().replace(&t.name, &PostParams::default(), &cr)).await {
-            Ok(cr) => self.remember(key, &cr.metadata),
-            Err(e @ StoreError::Conflict(_)) => {
-                self.refresh_template(&t.name).await;
-                return Err(e);
-            }
-            Err(e @ StoreError::NotFound(_)) => {
-                self.refresh_template(&t.name).await;
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        }
-        self.cache.update_template(&t, expected_rv)
+        self.cache.update_template(&t, expected_rv)?;
+        self.remember(key, &meta);
+        Ok(())
     }
 
     async fn delete_template(&self, name: String) -> Result<bool, StoreError> {
@@ -422,11 +577,13 @@ impl<S: Store> Inner<S> {
             Err(e) => return Err(e),
         };
         self.seen.lock().remove(&ObjKey::Template(name.clone()));
+        self.local_only.lock().remove(&ObjKey::Template(name.clone()));
         Ok(self.cache.delete_template(&name)? || existed)
     }
 
-    /// POST the pool's object (with our finalizer); creates a missing namespace first.
-    async fn create_pool_object(&self, p: &Pool) -> Result<(), StoreError> {
+    /// POST the pool's object (with our finalizer); creates a missing namespace first. The
+    /// caller remembers the created version once the cache holds the pool.
+    async fn create_pool_object(&self, p: &Pool) -> Result<SandboxPool, StoreError> {
         let mut cr = pool_to_cr(p);
         cr.metadata.finalizers = Some(vec![POOL_FINALIZER.into()]);
         let what = format!("creating sandboxpool {}/{}", p.namespace, p.name);
@@ -438,8 +595,7 @@ impl<S: Store> Inner<S> {
             }
             r => r?,
         };
-        self.remember(pool_key(&created), &created.metadata);
-        Ok(())
+        Ok(created)
     }
 
     async fn create_namespace(&self, ns: &str) -> Result<(), StoreError> {
@@ -461,15 +617,44 @@ impl<S: Store> Inner<S> {
 
     async fn create_pool(&self, p: Pool) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
-        match self.create_pool_object(&p).await {
-            Ok(()) => {}
+        let created = match self.create_pool_object(&p).await {
+            Ok(cr) => cr,
             Err(e @ StoreError::Conflict(_)) => {
                 self.refresh_pool(&p.namespace, &p.name).await;
                 return Err(e);
             }
             Err(e) => return Err(e),
+        };
+        self.cache_put_pool(&p)?;
+        self.remember(pool_key(&created), &created.metadata);
+        Ok(())
+    }
+
+    /// Replace the pool's object with `cr` (see [`replace_template`](Self::replace_template)
+    /// for the one retry; the fresh object's finalizers are kept).
+    async fn replace_pool(&self, what: &str, cur: &Pool, mut cr: SandboxPool) -> Result<SandboxPool, StoreError> {
+        let api = self.pools(&cur.namespace);
+        let pp = PostParams::default();
+        let conflict = match self.api(what, api.replace(&cur.name, &pp, &cr)).await {
+            Err(StoreError::Conflict(m)) => m,
+            r => return r,
+        };
+        let fresh = self.api(what, api.get_opt(&cur.name)).await.ok().flatten();
+        match fresh {
+            Some(f)
+                if f.metadata.deletion_timestamp.is_none()
+                    && pool_from_cr(&f).is_ok_and(|now| comparable(&now) == comparable(cur)) =>
+            {
+                let mut finalizers = f.metadata.finalizers.clone().unwrap_or_default();
+                if !finalizers.iter().any(|x| x == POOL_FINALIZER) {
+                    finalizers.push(POOL_FINALIZER.into());
+                }
+                cr.metadata.finalizers = Some(finalizers);
+                cr.metadata.resource_version = f.metadata.resource_version.clone();
+                self.api(what, api.replace(&cur.name, &pp, &cr)).await
+            }
+            _ => Err(StoreError::Conflict(conflict)),
         }
-        self.cache_put_pool(&p)
     }
 
     async fn update_pool(&self, p: Pool, expected_rv: u64) -> Result<(), StoreError> {
@@ -484,7 +669,21 @@ impl<S: Store> Inner<S> {
             )));
         }
         let api = self.pools(&ns);
-        if comparable(&p) != comparable(&cur) {
+        // The newest version of the object this write made, remembered once the cache has it.
+        let mut latest: Option<ObjectMeta> = None;
+        if self.is_local_only(&key) {
+            let what = format!("updating sandboxpool {ns}/{name}");
+            let create = async { Ok(self.create_pool_object(&p).await?.metadata) };
+            match self.import_now(&key, &what, create).await {
+                Ok(meta) => latest = Some(meta),
+                Err(e @ StoreError::Conflict(_)) => {
+                    self.local_only.lock().remove(&key);
+                    self.refresh_pool(&ns, &name).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        } else if comparable(&p) != comparable(&cur) {
             let what = format!("updating sandboxpool {ns}/{name}");
             let seen = match self.seen(&key) {
                 Some(s) => Some(s),
@@ -497,8 +696,8 @@ impl<S: Store> Inner<S> {
             }
             cr.metadata.finalizers = Some(finalizers);
             cr.metadata.resource_version = seen.map(|s| s.resource_version);
-            match self.api(&what, api.replace(&name, &PostParams::default(), &cr)).await {
-                Ok(cr) => self.remember(key.clone(), &cr.metadata),
+            match self.replace_pool(&what, &cur, cr).await {
+                Ok(cr) => latest = Some(cr.metadata),
                 Err(e @ StoreError::Conflict(_)) => {
                     self.refresh_pool(&ns, &name).await;
                     return Err(e);
@@ -516,20 +715,25 @@ impl<S: Store> Inner<S> {
             match self.api(&what, api.delete(&name, &DeleteParams::default())).await {
                 Ok(either) => {
                     if let Some(cr) = either.left() {
-                        self.remember(key, &cr.metadata);
+                        latest = Some(cr.metadata);
                     }
                 }
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.cache.update_pool(&p, expected_rv)
+        self.cache.update_pool(&p, expected_rv)?;
+        if let Some(meta) = latest {
+            self.remember(key, &meta);
+        }
+        Ok(())
     }
 
     async fn delete_pool(&self, ns: String, name: String) -> Result<bool, StoreError> {
         let _w = self.write.lock().await;
         let existed = self.release_pool_object(&ns, &name).await?;
         self.seen.lock().remove(&ObjKey::Pool(ns.clone(), name.clone()));
+        self.local_only.lock().remove(&ObjKey::Pool(ns.clone(), name.clone()));
         Ok(self.cache.delete_pool(&ns, &name)? || existed)
     }
 }
@@ -631,17 +835,20 @@ impl<S: Store> Store for KubeStore<S> {
     fn create_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
         let k = k.clone();
         self.run(|i| async move {
-            if i.keys_call("creating an api key secret", i.keys.create(&k)).await? {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict(format!("api key {} exists", k.key_id)))
-            }
+            let created = i.keys_call("creating an api key secret", i.keys.create(&k)).await;
+            // Also after an error: the Secret may have been created all the same.
+            i.key_written(&k.token_hash);
+            if created? { Ok(()) } else { Err(StoreError::Conflict(format!("api key {} exists", k.key_id))) }
         })
     }
 
     fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
         let k = k.clone();
-        self.run(|i| async move { i.keys_call("writing an api key secret", i.keys.put(&k)).await })
+        self.run(|i| async move {
+            let r = i.keys_call("writing an api key secret", i.keys.put(&k)).await;
+            i.key_written(&k.token_hash);
+            r
+        })
     }
 
     fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -650,8 +857,17 @@ impl<S: Store> Store for KubeStore<S> {
     }
 
     fn find_api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        if self.inner.known_unknown(token_hash) {
+            return Ok(None);
+        }
         let hash = token_hash.to_owned();
-        self.run(|i| async move { i.keys_call("looking up an api key secret", i.keys.find_by_hash(&hash)).await })
+        let writes_before = self.inner.key_writes.load(Ordering::SeqCst);
+        let found =
+            self.run(|i| async move { i.keys_call("looking up an api key secret", i.keys.find_by_hash(&hash)).await })?;
+        if found.is_none() {
+            self.inner.remember_unknown(token_hash.to_owned(), writes_before);
+        }
+        Ok(found)
     }
 
     fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {

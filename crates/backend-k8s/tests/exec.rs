@@ -9,6 +9,8 @@
 //! - `sleep`: says nothing until the client hangs up (recorded);
 //! - `big`: writes 5 MiB to stdout;
 //! - `tty` (with `tty=true`): echoes input, records resizes, exits 7 on `exit` in the input;
+//! - `spew`: writes a line every few milliseconds until the client hangs up (recorded);
+//! - `stall`: the upgrade itself is answered only after 5 s;
 //! - anything else (e.g. `/bin/sh -c …`): exits 0 silently;
 //! - `nope`: fails to start like a missing executable.
 
@@ -174,6 +176,20 @@ async fn run_command(mut ws: WebSocket, mut seen: SeenExec, fake: Fake) {
                 }
             }
         },
+        "spew" => loop {
+            tokio::select! {
+                m = ws.recv() => if matches!(m, Some(Ok(Message::Close(_))) | None | Some(Err(_))) {
+                    seen.hung_up = true;
+                    break;
+                },
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                    if ws.send(frame(1, b"y\n")).await.is_err() {
+                        seen.hung_up = true;
+                        break;
+                    }
+                }
+            }
+        },
         "nope" => {
             let status = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
                 "message": "failed to exec in container: exec: \"nope\": executable file not found in $PATH: unknown"});
@@ -190,6 +206,9 @@ async fn exec_handler(
     Query(query): Query<Vec<(String, String)>>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
+    if query.iter().any(|(k, v)| k == "command" && v == "stall") {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let ws = ws.protocols(fake.protocols.iter().copied());
     ws.on_upgrade(move |socket| {
         let protocol = socket.protocol().map(|p| p.to_str().unwrap().to_owned()).unwrap_or_default();
@@ -386,4 +405,33 @@ async fn a_terminal_echoes_input_resizes_and_reports_the_exit_code() {
     assert_eq!(seen.values("stdin"), vec!["true"]);
     assert!(seen.values("stderr").is_empty(), "a terminal merges stderr into stdout");
     assert_eq!(seen.resizes, vec![json!({"Width": 80, "Height": 24}), json!({"Width": 100, "Height": 30})]);
+}
+
+#[tokio::test]
+async fn a_connection_not_set_up_in_time_is_an_error_not_a_timed_out_command() {
+    let (backend, _fake) = start(V5, running()).await;
+    let mut r = req(&["stall"]);
+    r.timeout = Duration::from_millis(300);
+    let t = Instant::now();
+    let err = backend.exec("py-0000abcd", &r).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(4), "gave up at the deadline, took {:?}", t.elapsed());
+    let msg = err.to_string();
+    assert!(matches!(err, BackendError::Runtime(_)), "{err:?}");
+    assert!(msg.contains("not set up") && msg.contains("did not run"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_terminal_whose_reader_is_gone_hangs_up_even_if_the_process_keeps_writing() {
+    let (backend, fake) = start(V5, running()).await;
+    let pty =
+        PtyRequest { container: None, argv: vec!["spew".into()], env: BTreeMap::new(), cwd: None, cols: 80, rows: 24 };
+    let mut session = backend.exec_pty("py-0000abcd", &pty).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), session.output.recv()).await.unwrap().unwrap();
+    assert!(first.starts_with(b"y"), "{first:?}");
+    // The client's WebSocket went away: nobody reads the output any more, the input stays open.
+    drop(session.output);
+    let code = tokio::time::timeout(Duration::from_secs(5), session.exit).await.expect("the session ends").unwrap();
+    assert_eq!(code, 129, "hung up");
+    assert!(last_seen(&fake).await.hung_up, "the API server saw the connection closed");
+    drop(session.input);
 }

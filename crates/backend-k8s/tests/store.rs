@@ -4,15 +4,18 @@
 //! changes (`kubectl apply` / `scale` / `delete`) reaching the cache, own writes coming back
 //! through the watch changing nothing, API keys in Secrets, and the generic store contract.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentbox_backend_k8s::labels::POOL_FINALIZER;
 use agentbox_backend_k8s::store::PoolChange;
 use agentbox_backend_k8s::{KubeStore, KubeStoreConfig, LocalOnly};
 use agentbox_core::fake_store::MemoryStore;
-use agentbox_core::model::SlotPhase;
+use agentbox_core::identity::{ApiKeyRecord, QuotaRecord};
+use agentbox_core::model::{Pool, Sandbox, SandboxStatus, Slot, SlotPhase, Template};
 use agentbox_core::store::conformance::{api_key, pool, slot, template};
-use agentbox_core::store::{Store, StoreError};
+use agentbox_core::store::{SandboxFilter, Store, StoreError};
 use serde_json::{Value, json};
 
 mod fake_cluster;
@@ -252,6 +255,7 @@ async fn the_first_start_imports_local_rows_and_the_cluster_wins_for_the_rest() 
     let theirs = store.get_pool("default", "theirs").unwrap().unwrap();
     assert_eq!((theirs.spec.replicas, theirs.team.as_str(), theirs.resource_version), (3, "t", 1));
     assert_eq!(store.find_api_key_by_hash(&key.token_hash).unwrap(), Some(key));
+    assert!(store.imports_complete(), "{:?}", store.not_imported());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,4 +425,289 @@ async fn the_sync_calls_work_from_a_current_thread_runtime() {
     assert_eq!(store.get_pool("default", "p").unwrap().unwrap().spec.replicas, 2);
     drop(store);
     api_rt.shutdown_background();
+}
+
+/// A cache whose next write of one kind fails (a full disk, a locked SQLite file).
+#[derive(Default, Clone)]
+struct FlakyStore {
+    inner: Arc<MemoryStore>,
+    /// Name of the method whose next call fails.
+    fail_next: Arc<parking_lot::Mutex<Option<&'static str>>>,
+}
+
+impl FlakyStore {
+    fn fail_next(&self, method: &'static str) {
+        *self.fail_next.lock() = Some(method);
+    }
+
+    fn check(&self, method: &'static str) -> Result<(), StoreError> {
+        let mut f = self.fail_next.lock();
+        if *f == Some(method) {
+            *f = None;
+            return Err(StoreError::Backend(format!("{method}: disk full (scripted)")));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FlakyStore {
+    fn create_template(&self, t: &Template) -> Result<(), StoreError> {
+        self.check("create_template")?;
+        self.inner.create_template(t)
+    }
+    fn update_template(&self, t: &Template, expected_rv: u64) -> Result<(), StoreError> {
+        self.check("update_template")?;
+        self.inner.update_template(t, expected_rv)
+    }
+    fn get_template(&self, name: &str) -> Result<Option<Template>, StoreError> {
+        self.inner.get_template(name)
+    }
+    fn list_templates(&self) -> Result<Vec<Template>, StoreError> {
+        self.inner.list_templates()
+    }
+    fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_template(name)
+    }
+    fn create_pool(&self, p: &Pool) -> Result<(), StoreError> {
+        self.check("create_pool")?;
+        self.inner.create_pool(p)
+    }
+    fn update_pool(&self, p: &Pool, expected_rv: u64) -> Result<(), StoreError> {
+        self.check("update_pool")?;
+        self.inner.update_pool(p, expected_rv)
+    }
+    fn get_pool(&self, namespace: &str, name: &str) -> Result<Option<Pool>, StoreError> {
+        self.inner.get_pool(namespace, name)
+    }
+    fn list_pools(&self, namespace: Option<&str>) -> Result<Vec<Pool>, StoreError> {
+        self.inner.list_pools(namespace)
+    }
+    fn delete_pool(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_pool(namespace, name)
+    }
+    fn put_slot(&self, s: &Slot) -> Result<(), StoreError> {
+        self.inner.put_slot(s)
+    }
+    fn get_slot(&self, slot_id: &str) -> Result<Option<Slot>, StoreError> {
+        self.inner.get_slot(slot_id)
+    }
+    fn list_slots(&self) -> Result<Vec<Slot>, StoreError> {
+        self.inner.list_slots()
+    }
+    fn delete_slot(&self, slot_id: &str) -> Result<(), StoreError> {
+        self.inner.delete_slot(slot_id)
+    }
+    fn claim(&self, slot: &Slot, expected: SlotPhase, sandbox: &Sandbox) -> Result<(), StoreError> {
+        self.inner.claim(slot, expected, sandbox)
+    }
+    fn put_slot_and_sandbox(&self, slot: &Slot, sandbox: &Sandbox) -> Result<(), StoreError> {
+        self.inner.put_slot_and_sandbox(slot, sandbox)
+    }
+    fn put_sandbox(&self, s: &Sandbox) -> Result<(), StoreError> {
+        self.inner.put_sandbox(s)
+    }
+    fn get_sandbox(&self, sandbox_id: &str) -> Result<Option<Sandbox>, StoreError> {
+        self.inner.get_sandbox(sandbox_id)
+    }
+    fn list_sandboxes(&self, filter: &SandboxFilter) -> Result<(Vec<Sandbox>, u64), StoreError> {
+        self.inner.list_sandboxes(filter)
+    }
+    fn count_sandboxes(&self, namespace: Option<&str>) -> Result<BTreeMap<SandboxStatus, u64>, StoreError> {
+        self.inner.count_sandboxes(namespace)
+    }
+    fn prune_history(&self, before: &str) -> Result<u64, StoreError> {
+        self.inner.prune_history(before)
+    }
+    fn create_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.create_api_key(k)
+    }
+    fn put_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.put_api_key(k)
+    }
+    fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.get_api_key(key_id)
+    }
+    fn find_api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.find_api_key_by_hash(token_hash)
+    }
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.inner.list_api_keys()
+    }
+    fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_api_key(key_id)
+    }
+    fn create_quota(&self, q: &QuotaRecord) -> Result<(), StoreError> {
+        self.inner.create_quota(q)
+    }
+    fn update_quota(&self, q: &QuotaRecord, expected_rv: u64) -> Result<(), StoreError> {
+        self.inner.update_quota(q, expected_rv)
+    }
+    fn get_quota(&self, name: &str) -> Result<Option<QuotaRecord>, StoreError> {
+        self.inner.get_quota(name)
+    }
+    fn list_quotas(&self) -> Result<Vec<QuotaRecord>, StoreError> {
+        self.inner.list_quotas()
+    }
+    fn delete_quota(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_quota(name)
+    }
+}
+
+/// Wait until both watches listed the cluster (their first `InitDone` is behind them).
+async fn watches_listed(cluster: &FakeCluster) {
+    let watching = |path: String| {
+        let cluster = cluster.clone();
+        move || cluster.seen().iter().any(|s| s.path == path && s.query.contains("watch=true"))
+    };
+    eventually("the template watch runs", watching(TEMPLATES.to_string())).await;
+    eventually("the pool watch runs", watching("/apis/agentbox.dev/v1alpha1/sandboxpools".to_string())).await;
+    // The watch request follows the list and its InitDone; give the event loop a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_failed_to_import_stays_local_through_the_watches_and_is_created_at_its_next_write() {
+    let (cluster, client) = FakeCluster::start();
+    let cache = MemoryStore::new();
+    cache.create_template(&template("mine", "1.0.0")).unwrap();
+    cache.create_pool(&pool("default", "mine")).unwrap();
+    let key = api_key('d', "t", "u", "2026-01-01T00:00:00Z");
+    cache.create_api_key(&key).unwrap();
+    // The cluster refuses each import (a field its schema rejects, no right on Secrets).
+    cluster.fail_next("POST", TEMPLATES, Fault::Status(422));
+    cluster.fail_next("POST", &pools_in("default"), Fault::Status(422));
+    cluster.fail_next("POST", SECRETS, Fault::Status(403));
+
+    let store = start(cache, client, cfg(true, LocalOnly::Import)).await;
+
+    assert!(!store.imports_complete(), "the server must not write its marker");
+    let mut not_imported = store.not_imported();
+    not_imported.sort();
+    assert_eq!(not_imported, [format!("api key {}", key.key_id), "pool default/mine".into(), "template mine".into()]);
+    assert_eq!(store.cache().list_api_keys().unwrap(), vec![key.clone()], "the key stays in the local store");
+    // The watches' first listing does not have them: that is not a deletion in the cluster.
+    watches_listed(&cluster).await;
+    assert!(store.get_template("mine").unwrap().is_some(), "the template is still there");
+    let p = store.get_pool("default", "mine").unwrap().expect("the pool is still there");
+    assert!(!p.deleting, "and not drained");
+    assert!(cluster.get(&format!("{TEMPLATES}/mine")).is_none());
+
+    // The engine's next write of each creates its object.
+    let mut t = store.get_template("mine").unwrap().unwrap();
+    t.spec.version = "1.1.0".into();
+    t.resource_version = 2;
+    store.update_template(&t, 1).unwrap();
+    assert_eq!(cluster.get(&format!("{TEMPLATES}/mine")).unwrap()["spec"]["version"], "1.1.0");
+    let mut p2 = p.clone();
+    p2.spec.replicas = 3;
+    p2.resource_version = 2;
+    store.update_pool(&p2, 1).unwrap();
+    let obj = cluster.get(&format!("{}/mine", pools_in("default"))).unwrap();
+    assert_eq!(
+        (obj["spec"]["replicas"].clone(), obj["metadata"]["finalizers"].clone()),
+        (json!(3), json!([POOL_FINALIZER]))
+    );
+    // From then on they are like any other: their own writes coming back change nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.get_template("mine").unwrap().unwrap().resource_version, 2);
+    assert_eq!(store.get_pool("default", "mine").unwrap().unwrap().resource_version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cache_write_is_made_good_by_the_watch_event_of_that_version() {
+    let (cluster, client) = FakeCluster::start();
+    let cache = FlakyStore::default();
+    let store = KubeStore::start(cache.clone(), move || async move { Ok(client) }, cfg(true, LocalOnly::Import))
+        .await
+        .expect("the store starts");
+    watches_listed(&cluster).await;
+
+    cache.fail_next("create_pool");
+    let err = store.create_pool(&pool("default", "p")).unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(cluster.get(&format!("{}/p", pools_in("default"))).is_some(), "the cluster has it");
+    eventually("the watch event brings the pool into the cache", || store.get_pool("default", "p").unwrap().is_some())
+        .await;
+
+    store.create_template(&template("py", "1.0.0")).unwrap();
+    cache.fail_next("update_template");
+    let mut t = template("py", "1.1.0");
+    t.resource_version = 2;
+    assert!(store.update_template(&t, 1).is_err());
+    eventually("the watch event brings the new version into the cache", || {
+        store.get_template("py").unwrap().unwrap().spec.version == "1.1.0"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_in_between_is_not_a_conflict() {
+    let (cluster, client) = FakeCluster::start();
+    let store = start(MemoryStore::new(), client, cfg(false, LocalOnly::Import)).await;
+    let item = format!("{}/p", pools_in("default"));
+    store.create_pool(&pool("default", "p")).unwrap();
+    // The backend publishes the pool's status (another resourceVersion, the same spec).
+    let mut obj = cluster.get(&item).unwrap();
+    obj["status"] = json!({"phase": "Ready", "replicas": 2});
+    cluster.apply(&item, obj);
+    cluster.clear_seen();
+
+    let mut scaled = pool("default", "p");
+    scaled.spec.replicas = 4;
+    scaled.resource_version = 2;
+    store.update_pool(&scaled, 1).unwrap();
+    let puts: Vec<_> = cluster.seen().into_iter().filter(|s| s.method == "PUT").collect();
+    assert_eq!(puts.len(), 2, "one retry on the fresh version");
+    assert_eq!(cluster.get(&item).unwrap()["spec"]["replicas"], 4);
+    assert_eq!(cluster.get(&item).unwrap()["metadata"]["finalizers"], json!([POOL_FINALIZER]));
+    assert_eq!(store.get_pool("default", "p").unwrap().unwrap().spec.replicas, 4);
+
+    // Templates too (here a label someone added).
+    store.create_template(&template("py", "1.0.0")).unwrap();
+    let titem = format!("{TEMPLATES}/py");
+    let mut obj = cluster.get(&titem).unwrap();
+    obj["metadata"]["labels"] = json!({"owner": "ops"});
+    cluster.apply(&titem, obj);
+    let mut t = template("py", "1.1.0");
+    t.resource_version = 2;
+    store.update_template(&t, 1).unwrap();
+    assert_eq!(cluster.get(&titem).unwrap()["spec"]["version"], "1.1.0");
+
+    // A spec changed in between is still a conflict (covered with pools in the test above).
+    let mut obj = cluster.get(&titem).unwrap();
+    obj["spec"]["version"] = json!("9.0.0");
+    cluster.apply(&titem, obj);
+    let mut t = template("py", "1.2.0");
+    t.resource_version = 3;
+    assert!(matches!(store.update_template(&t, 2), Err(StoreError::Conflict(_))));
+    assert_eq!(cluster.get(&titem).unwrap()["spec"]["version"], "9.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_key_is_not_looked_up_again_within_the_ttl_but_a_new_key_is_found_at_once() {
+    let (cluster, client) = FakeCluster::start();
+    let config = KubeStoreConfig { unknown_key_ttl: Duration::from_millis(400), ..cfg(false, LocalOnly::Import) };
+    let store = start(MemoryStore::new(), client, config).await;
+    let lookups = || cluster.seen().iter().filter(|s| s.method == "GET" && s.path == SECRETS).count();
+    let k = api_key('a', "t", "u", "2026-01-01T00:00:00Z");
+    let other = api_key('b', "t", "u", "2026-01-01T00:00:00Z");
+
+    assert_eq!(store.find_api_key_by_hash(&k.token_hash).unwrap(), None);
+    assert_eq!(store.find_api_key_by_hash(&other.token_hash).unwrap(), None);
+    assert_eq!(lookups(), 2);
+    assert_eq!(store.find_api_key_by_hash(&k.token_hash).unwrap(), None);
+    assert_eq!(store.find_api_key_by_hash(&other.token_hash).unwrap(), None);
+    assert_eq!(lookups(), 2, "within the TTL an unknown hash costs no API call");
+
+    // Created right after: found at once.
+    store.create_api_key(&k).unwrap();
+    assert_eq!(store.find_api_key_by_hash(&k.token_hash).unwrap(), Some(k.clone()));
+    // Written by another replica: found once the TTL is over.
+    cluster.apply(&format!("{SECRETS}/agentbox-apikey-{}", &other.token_hash[..16]), secret_of(&other));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.find_api_key_by_hash(&other.token_hash).unwrap(), Some(other));
+}
+
+fn secret_of(k: &ApiKeyRecord) -> Value {
+    serde_json::to_value(agentbox_backend_k8s::keys::key_secret("agentbox-system", k).unwrap()).unwrap()
 }

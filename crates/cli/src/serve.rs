@@ -484,8 +484,17 @@ async fn kubernetes_store(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("cannot read templates, pools and api keys from the cluster")?;
-    std::fs::write(&marker, "templates, pools and api keys were imported into the cluster\n")
-        .with_context(|| format!("writing {}", marker.display()))?;
+    if store.imports_complete() {
+        std::fs::write(&marker, "templates, pools and api keys were imported into the cluster\n")
+            .with_context(|| format!("writing {}", marker.display()))?;
+    } else {
+        // Without the marker the next start imports again instead of deleting what stayed local.
+        tracing::warn!(
+            not_imported = ?store.not_imported(),
+            "some templates, pools or api keys could not be created in the cluster and stay local only (see the \
+             warnings above); the next start tries again"
+        );
+    }
     Ok(store)
 }
 

@@ -27,7 +27,16 @@ impl<S: Store> Inner<S> {
         if self.already_seen(&key, &cr.metadata) {
             return Ok(false);
         }
-        self.remember(key, &cr.metadata);
+        let changed = self.template_to_cache(cr)?;
+        // Only once the cache holds it: after a failed cache write the same version, coming
+        // again (a refresh, a relist), is applied again.
+        self.remember(key.clone(), &cr.metadata);
+        // The cluster has an object of that name now: it is no longer ours alone.
+        self.local_only.lock().remove(&key);
+        Ok(changed)
+    }
+
+    fn template_to_cache(&self, cr: &SandboxTemplate) -> Result<bool, StoreError> {
         let incoming = match template_from_cr(cr) {
             Ok(t) => t,
             Err(e) => {
@@ -63,17 +72,24 @@ impl<S: Store> Inner<S> {
         if self.already_seen(&key, &cr.metadata) {
             return Ok(());
         }
-        self.remember(key, &cr.metadata);
         let mut incoming = match pool_from_cr(cr) {
             Ok(p) => p,
             Err(e) => {
+                self.remember(key, &cr.metadata);
                 tracing::warn!(error = %e, "ignoring a SandboxPool that does not convert: fix or delete it with kubectl");
                 return Ok(());
             }
         };
         let (ns, name) = (incoming.namespace.clone(), incoming.name.clone());
+        self.local_only.lock().remove(&key);
         if incoming.deleting {
-            return self.pool_gone(&ns, &name, true).await;
+            self.pool_gone(&ns, &name, true).await?;
+            // Still cached (marked deleting, its slots being destroyed): this version is applied.
+            // Released, the pool is forgotten and so is its version.
+            if self.cache.get_pool(&ns, &name)?.is_some() {
+                self.remember(key, &cr.metadata);
+            }
+            return Ok(());
         }
         match self.cache.get_pool(&ns, &name)? {
             None => {
@@ -97,6 +113,7 @@ impl<S: Store> Inner<S> {
                 self.notify(&ns, &name);
             }
         }
+        self.remember(key, &cr.metadata);
         if !cr.finalizers().iter().any(|f| f == POOL_FINALIZER) {
             self.add_finalizer(cr).await?;
         }
@@ -181,6 +198,8 @@ impl<S: Store> Inner<S> {
         let what = format!("reading sandboxtemplate {name}");
         let result = match self.api(&what, self.templates().get_opt(name)).await {
             Ok(Some(cr)) => self.apply_template(&cr).map(|_| ()),
+            // Never in the cluster (its import failed): not a deletion there.
+            Ok(None) if self.is_local_only(&ObjKey::Template(name.into())) => Ok(()),
             Ok(None) => {
                 self.seen.lock().remove(&ObjKey::Template(name.into()));
                 self.cache.delete_template(name).map(|_| ())
@@ -197,6 +216,7 @@ impl<S: Store> Inner<S> {
         let what = format!("reading sandboxpool {ns}/{name}");
         let result = match self.api(&what, self.pools(ns).get_opt(name)).await {
             Ok(Some(cr)) => self.apply_pool(&cr).await,
+            Ok(None) if self.is_local_only(&ObjKey::Pool(ns.into(), name.into())) => Ok(()),
             Ok(None) => self.pool_gone(ns, name, false).await,
             Err(e) => Err(e),
         };
@@ -238,7 +258,11 @@ impl<S: Store> Inner<S> {
                         self.remember(ObjKey::Template(t.name.clone()), &cr.metadata);
                         tracing::info!(template = %t.name, "imported the template into the cluster");
                     }
-                    Err(e) => tracing::warn!(template = %t.name, error = %e, "the template stays local only"),
+                    Err(e) => {
+                        tracing::warn!(template = %t.name, error = %e, "the template stays local only");
+                        self.local_only.lock().insert(ObjKey::Template(t.name.clone()));
+                        self.not_imported.lock().push(format!("template {}", t.name));
+                    }
                 }
             } else {
                 self.cache.delete_template(&t.name)?;
@@ -262,11 +286,14 @@ impl<S: Store> Inner<S> {
                 // The cluster answered the lists above: a refusal here is about this pool (its
                 // namespace, a field the schema rejects), and the pool stays local rather than lost.
                 match self.create_pool_object(&p).await {
-                    Ok(()) => {
+                    Ok(created) => {
+                        self.remember(pool_key(&created), &created.metadata);
                         tracing::info!(namespace = %p.namespace, pool = %p.name, "imported the pool into the cluster")
                     }
                     Err(e) => {
                         tracing::warn!(namespace = %p.namespace, pool = %p.name, error = %e, "the pool stays local only");
+                        self.local_only.lock().insert(ObjKey::Pool(p.namespace.clone(), p.name.clone()));
+                        self.not_imported.lock().push(format!("pool {}/{}", p.namespace, p.name));
                     }
                 }
             } else {
@@ -284,8 +311,16 @@ impl<S: Store> Inner<S> {
                     .map(|k| k.key_id)
                     .collect();
                 for k in local.iter().filter(|k| !remote.contains(&k.key_id)) {
-                    self.keys_call("importing an api key as a secret", self.keys.create(k)).await?;
-                    tracing::info!(key = %k.key_id, "imported the api key into a secret");
+                    // One key the cluster refuses (a malformed row, a quota on Secrets) does not
+                    // stop the others, nor the server: it stays in the local store, and the next
+                    // start imports again.
+                    match self.keys_call("importing an api key as a secret", self.keys.create(k)).await {
+                        Ok(_) => tracing::info!(key = %k.key_id, "imported the api key into a secret"),
+                        Err(e) => {
+                            tracing::warn!(key = %k.key_id, error = %e, "the api key stays local only (not usable until imported)");
+                            self.not_imported.lock().push(format!("api key {}", k.key_id));
+                        }
+                    }
                 }
             }
         }
@@ -346,7 +381,9 @@ impl<S: Store> Inner<S> {
                 let listed = listed.take().unwrap_or_default();
                 match self.cache.list_templates() {
                     Ok(all) => {
-                        for t in all.into_iter().filter(|t| !listed.contains(&t.name)) {
+                        for t in all.into_iter().filter(|t| {
+                            !listed.contains(&t.name) && !self.is_local_only(&ObjKey::Template(t.name.clone()))
+                        }) {
                             self.refresh_template(&t.name).await;
                         }
                         Ok(())
@@ -387,10 +424,11 @@ impl<S: Store> Inner<S> {
                 let listed = listed.take().unwrap_or_default();
                 match self.cache.list_pools(None) {
                     Ok(all) => {
-                        for p in all
-                            .into_iter()
-                            .filter(|p| !p.deleting && !listed.contains(&(p.namespace.clone(), p.name.clone())))
-                        {
+                        for p in all.into_iter().filter(|p| {
+                            !p.deleting
+                                && !listed.contains(&(p.namespace.clone(), p.name.clone()))
+                                && !self.is_local_only(&ObjKey::Pool(p.namespace.clone(), p.name.clone()))
+                        }) {
                             self.refresh_pool(&p.namespace, &p.name).await;
                         }
                         Ok(())
