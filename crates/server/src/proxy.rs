@@ -477,7 +477,7 @@ impl DataPlane {
     /// Forward a request for a sandbox of `cluster` to that cluster's data plane (module docs).
     async fn forward_remote(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
         target: Target,
         cluster: &str,
@@ -495,20 +495,7 @@ impl DataPlane {
             .parse()
             .map_err(|_| ProxyError::BadTarget(format!("the path {path:?} is not a valid URI path")))?;
 
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let use_h2 = req.version() == Version::HTTP_2 && is_grpc(req.headers());
-        let orig_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(proto) = &upgrade {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto.clone());
-        }
+        let Outgoing { client_upgrade, use_h2, orig_host, mut parts, body } = outgoing(req);
         if target.form == RouteForm::Host {
             // The owner's data plane may not know the gateway's domain: name the target in headers.
             let id = HeaderValue::from_str(&target.sandbox_id)
@@ -549,7 +536,7 @@ impl DataPlane {
 
     async fn forward_local(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
         target: Target,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -579,23 +566,9 @@ impl DataPlane {
             .parse()
             .map_err(|_| ProxyError::BadTarget(format!("the upstream path {path:?} is not a valid URI path")))?;
 
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let use_h2 = req.version() == Version::HTTP_2 && is_grpc(req.headers());
-        let orig_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let Outgoing { client_upgrade, use_h2, orig_host, mut parts, body } = outgoing(req);
         // Gateway bookkeeping stays between data planes.
         parts.headers.remove(SOURCE_CLUSTER_HEADER);
-        if let Some(proto) = &upgrade {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto.clone());
-        }
         if let Some(h) = orig_host {
             parts.headers.insert(header::HOST, h.clone());
             parts.headers.insert(HeaderName::from_static("x-forwarded-host"), h);
@@ -640,6 +613,35 @@ impl DataPlane {
 }
 
 /// Append the peer to `X-Forwarded-For` and default `X-Forwarded-Proto` to `http`.
+/// A request on its way out, as both forwards (to a sandbox, to another cluster's data plane) need
+/// it: the caller's side of an upgrade, whether gRPC needs HTTP/2 upstream, the original host, and
+/// the parts without hop-by-hop headers (the upgrade's own two put back).
+struct Outgoing {
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    use_h2: bool,
+    orig_host: Option<HeaderValue>,
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+}
+
+fn outgoing(mut req: Request<Incoming>) -> Outgoing {
+    let upgrade = upgrade_protocol(&req);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let use_h2 = req.version() == Version::HTTP_2 && is_grpc(req.headers());
+    let orig_host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto);
+    }
+    Outgoing { client_upgrade, use_h2, orig_host, parts, body }
+}
+
 fn set_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let client_ip = peer.ip().to_string();

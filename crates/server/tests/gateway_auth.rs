@@ -15,8 +15,9 @@ use serde_json::json;
 
 const ADMIN: &str = "admin-key-for-tests-0123456789";
 
-#[tokio::test]
-async fn forwarded_requests_need_credentials_the_gateway_accepts() {
+/// A gateway `home` (fake backend) on loopback whose catalog names one cluster, `down`, at a port
+/// where nothing listens: its base URL, that port, and the dir holding the catalog.
+async fn gateway(auth: AuthConfig) -> (String, std::net::SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let path = dir.path().join("clusters.yaml");
@@ -29,15 +30,16 @@ async fn forwarded_requests_need_credentials_the_gateway_accepts() {
     engine.start().await.unwrap();
     let timeouts = GatewayTimeouts { connect: Duration::from_secs(2), response: Duration::from_secs(5) };
     let gateway = Arc::new(Gateway::new(Arc::new(Catalog::load(&path, "home").unwrap()), timeouts));
-    let state = AppState::with_gateway(
-        engine,
-        None,
-        AuthConfig { admin_key: Some(ADMIN.into()), ..Default::default() },
-        gateway,
-    );
+    let state = AppState::with_gateway(engine, None, auth, gateway);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
+    (base, closed, dir)
+}
+
+#[tokio::test]
+async fn forwarded_requests_need_credentials_the_gateway_accepts() {
+    let (base, closed, _dir) = gateway(AuthConfig { admin_key: Some(ADMIN.into()), ..Default::default() }).await;
 
     let client = reqwest::Client::new();
     let id = "down.0192f0aa-0000-7000-8000-000000000001";
@@ -95,27 +97,13 @@ async fn raw_get(base: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn a_gateway_request_costs_the_caller_one_rate_limit_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let path = dir.path().join("clusters.yaml");
-    std::fs::write(&path, format!("clusters:\n  - id: down\n    nativeUrl: http://{closed}\n")).unwrap();
-    let engine = Engine::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(FakeBackend::new()),
-        EngineConfig { cluster_id: "home".into(), ..Default::default() },
-    );
-    engine.start().await.unwrap();
-    let gateway = Arc::new(Gateway::new(Arc::new(Catalog::load(&path, "home").unwrap()), GatewayTimeouts::default()));
     // Two tokens at once, one more per second: two requests pass, then the limit bites.
     let auth = AuthConfig {
         admin_key: Some(ADMIN.into()),
         rate_limit: Some(RateLimit { per_second: 1, burst: 2 }),
         ..Default::default()
     };
-    let state = AppState::with_gateway(engine, None, auth, gateway);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
+    let (base, _closed, _dir) = gateway(auth).await;
     let client = reqwest::Client::new();
     let key: serde_json::Value = client
         .post(format!("{base}/v1/admin/api-keys"))
