@@ -200,16 +200,22 @@ impl KubeBackend {
         self.find(slot).await?.ok_or_else(|| BackendError::SlotNotFound(slot.to_owned()))
     }
 
-    async fn pool_owner(&self, namespace: &str, pool: &str) -> Result<Option<PoolOwner>, KubeError> {
+    /// The pool object's owner reference for a slot Pod, and the pull Secret its
+    /// `overrides.imagePullSecretName` names (a pool made with kubectl that points at a Secret it
+    /// manages itself).
+    async fn pool_owner(&self, namespace: &str, pool: &str) -> Result<(Option<PoolOwner>, Option<String>), KubeError> {
         let pools: Api<SandboxPool> = Api::namespaced(self.client.clone(), namespace);
         match pools.get_opt(pool).await? {
-            Some(p) => Ok(p.metadata.uid.map(|uid| PoolOwner { name: pool.to_owned(), uid })),
+            Some(p) => {
+                let secret = p.spec.overrides.as_ref().and_then(|o| o.image_pull_secret_name.clone());
+                Ok((p.metadata.uid.map(|uid| PoolOwner { name: pool.to_owned(), uid }), secret))
+            }
             None if self.cfg.require_pool_object => {
                 Err(KubeError::PoolObjectMissing { namespace: namespace.into(), pool: pool.into() })
             }
             None => {
                 tracing::warn!(namespace, pool, "no SandboxPool object: creating the slot pod without an owner");
-                Ok(None)
+                Ok((None, None))
             }
         }
     }
@@ -369,9 +375,11 @@ impl Backend for KubeBackend {
             return Err(BackendError::Invalid("a slot needs at least one container".into()));
         }
         let ns = spec.namespace.as_str();
-        let owner = self.pool_owner(ns, &spec.pool).await?;
+        let (owner, named_secret) = self.pool_owner(ns, &spec.pool).await?;
+        // Credentials the server holds become the pool's pull Secret; without them, the Secret the
+        // pool object names (if any) is used as it is.
         let pull_secret = if spec.registry_credentials.is_empty() {
-            None
+            named_secret
         } else {
             Some(self.apply_pull_secret(ns, &spec.pool, &spec.registry_credentials).await?)
         };

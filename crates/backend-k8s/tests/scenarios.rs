@@ -142,6 +142,23 @@ async fn create_slot_with_credentials_applies_a_pull_secret_first() {
 }
 
 #[tokio::test]
+async fn create_slot_uses_the_pull_secret_the_pool_object_names() {
+    // A pool made with kubectl: `overrides.imagePullSecretName` names a Secret of its own; the
+    // server holds no credentials for it, so nothing is applied and the Pod names that Secret.
+    let mut object = pool_object();
+    object["spec"]["overrides"] = json!({"imagePullSecretName": "my-registry"});
+    let (client, server) = mock(vec![
+        step("GET", POOL, 200, object),
+        step("POST", PODS, 201, pod("pause", ours(), json!({}))),
+        step("GET", POD, 200, pod("pause", ours(), running("pause", "containerd://a"))),
+    ]);
+    let backend = KubeBackend::new(client, cfg());
+    backend.create_slot(&slot_spec()).await.unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen[1].body["spec"]["imagePullSecrets"], json!([{"name": "my-registry"}]));
+}
+
+#[tokio::test]
 async fn create_slot_whose_image_cannot_be_pulled_fails_and_leaves_nothing_behind() {
     let (client, server) = mock(vec![
         step("GET", POOL, 200, pool_object()),
