@@ -516,14 +516,16 @@ impl DataPlane {
         parts.version = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         let client = if use_h2 { &self.inner.http2 } else { &self.inner.http1 };
         let after = gateway.timeouts().response;
+        let started = Instant::now();
         let sent = tokio::time::timeout(after, client.request(Request::from_parts(parts, body.boxed_unsync()))).await;
         let resp = match sent {
-            Err(_) => return Err(GatewayError::Timeout { cluster: cluster.to_owned(), after }.into()),
-            Ok(Err(e)) => {
-                return Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) }.into());
-            }
-            Ok(Ok(r)) => r,
+            Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after }),
+            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: error_chain(&e) }),
+            Ok(Ok(r)) => Ok(r),
         };
+        let status = resp.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());
+        gateway.record(cluster, Plane::Proxy, status, started.elapsed());
+        let resp = resp?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let what = format!("the data plane of cluster {cluster:?}");
             return splice_upgrade(client_upgrade, resp, None, &what)

@@ -69,6 +69,14 @@ async fn forwarded_requests_need_credentials_the_gateway_accepts() {
             }
         }
     }
+    // The forwards that left the gateway are counted, by cluster, plane and status.
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(r#"agentbox_gateway_forwards_total{cluster="down",plane="native",status="502"}"#))
+        .unwrap_or_else(|| panic!("no gateway forward counter in:\n{text}"));
+    assert_eq!(line.rsplit(' ').next(), Some("5"), "one per accepted caller's request: {line}");
+    assert!(text.contains("agentbox_gateway_forward_duration_seconds_count"), "{text}");
     // Paths that would climb out of /v1/sandboxes/{id} on the remote are never forwarded (a forward
     // would answer 502 here, the cluster being down).
     for path in [

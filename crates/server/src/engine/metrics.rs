@@ -137,6 +137,19 @@ struct HttpRouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabels {
+    cluster: String,
+    plane: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayPlaneLabels {
+    cluster: String,
+    plane: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -163,6 +176,8 @@ pub struct Metrics {
     slot_creations: Family<ResultLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<HttpRouteLabels>,
+    gateway_forwards: Family<GatewayLabels, Counter>,
+    gateway_duration: HistogramFamily<GatewayPlaneLabels>,
     /// Serializes scrapes (refresh of the state gauges + encoding) and remembers the pools seen by
     /// the previous scrape, so that a pool deleted since then loses its series.
     scrape: Mutex<HashSet<PoolKey>>,
@@ -198,6 +213,8 @@ impl Metrics {
             slot_creations: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
+            gateway_forwards: Family::default(),
+            gateway_duration: Family::new_with_constructor(latency_histogram),
             scrape: Mutex::new(HashSet::new()),
         };
         let r = &mut registry;
@@ -238,7 +255,29 @@ impl Metrics {
             Unit::Seconds,
             m.http_duration.clone(),
         );
+        r.register(
+            "gateway_forwards",
+            "Requests forwarded to another cluster, by cluster (of the catalog), plane and status (the \
+             remote's, or the gateway's 502/504 when it could not get one)",
+            m.gateway_forwards.clone(),
+        );
+        r.register_with_unit(
+            "gateway_forward_duration",
+            "Forwarded request sent to the remote's response headers, by cluster and plane",
+            Unit::Seconds,
+            m.gateway_duration.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// One request forwarded to `cluster` (a catalog id, so the label set stays bounded) on `plane`
+    /// (`native`, `e2b`, `proxy`), answered with `status` after `elapsed`.
+    pub fn gateway_forward(&self, cluster: &str, plane: &'static str, status: u16, elapsed: Duration) {
+        let cluster = cluster.to_owned();
+        self.gateway_duration
+            .get_or_create(&GatewayPlaneLabels { cluster: cluster.clone(), plane })
+            .observe(elapsed.as_secs_f64());
+        self.gateway_forwards.get_or_create(&GatewayLabels { cluster, plane, status }).inc();
     }
 
     /// A create request for an existing pool ended: counted by `result` (one of

@@ -66,6 +66,15 @@ pub enum Plane {
 }
 
 impl Plane {
+    /// The plane's label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Plane::Native => "native",
+            Plane::E2b => "e2b",
+            Plane::Proxy => "proxy",
+        }
+    }
+
     /// The name of the catalog field holding this plane's URL.
     pub fn field(self) -> &'static str {
         match self {

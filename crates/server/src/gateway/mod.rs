@@ -182,11 +182,16 @@ pub struct Outbound {
     pub body: Bytes,
 }
 
+/// Told of every forwarded request: `(cluster, plane, status, time to the response headers)`; the
+/// status is the gateway's own (502, 504) when the remote gave none.
+pub type ForwardObserver = Arc<dyn Fn(&str, Plane, u16, Duration) + Send + Sync>;
+
 /// The forwarding client of a server.
 pub struct Gateway {
     catalog: Arc<Catalog>,
     client: reqwest::Client,
     timeouts: GatewayTimeouts,
+    observer: std::sync::OnceLock<ForwardObserver>,
 }
 
 impl Gateway {
@@ -199,7 +204,7 @@ impl Gateway {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the gateway HTTP client builds (static settings)");
-        Gateway { catalog, client, timeouts }
+        Gateway { catalog, client, timeouts, observer: std::sync::OnceLock::new() }
     }
 
     /// A gateway that knows only the local cluster.
@@ -209,6 +214,19 @@ impl Gateway {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Report forwarded requests to `f` (metrics); the first observer set stays.
+    pub fn observe(&self, f: ForwardObserver) {
+        let _ = self.observer.set(f);
+    }
+
+    /// Report one forwarded request to the observer (the data plane calls this for its own
+    /// forwards; [`Gateway::send`] does it for the APIs).
+    pub fn record(&self, cluster: &str, plane: Plane, status: u16, elapsed: Duration) {
+        if let Some(f) = self.observer.get() {
+            f(cluster, plane, status, elapsed);
+        }
     }
 
     pub fn timeouts(&self) -> GatewayTimeouts {
@@ -283,11 +301,15 @@ impl Gateway {
         let url = format!("{base}{}", req.path_and_query);
         let headers = self.outbound_headers(&entry, &req.headers);
         let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
-        match tokio::time::timeout(response_timeout, send).await {
+        let started = std::time::Instant::now();
+        let out = match tokio::time::timeout(response_timeout, send).await {
             Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: response_timeout }),
             Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: reqwest_cause(e) }),
             Ok(Ok(r)) => Ok(r),
-        }
+        };
+        let status = out.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());
+        self.record(cluster, plane, status, started.elapsed());
+        out
     }
 
     /// Send `req` and buffer the JSON answer: `(status, document)`. A non-JSON body becomes a
@@ -344,11 +366,15 @@ impl Gateway {
             }
         }
         let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
-        match tokio::time::timeout(self.timeouts.response, send).await {
+        let started = std::time::Instant::now();
+        let out = match tokio::time::timeout(self.timeouts.response, send).await {
             Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: self.timeouts.response }),
             Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: reqwest_cause(e) }),
             Ok(Ok(r)) => Ok(r),
-        }
+        };
+        let status = out.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());
+        self.record(cluster, plane, status, started.elapsed());
+        out
     }
 }
 

@@ -64,6 +64,10 @@ impl AppState {
         gateway: Arc<Gateway>,
     ) -> Arc<AppState> {
         let auth = Arc::new(Authenticator::new(cfg, engine.store()));
+        let metrics_of = Arc::clone(&engine);
+        gateway.observe(Arc::new(move |cluster, plane, status, elapsed| {
+            metrics_of.metrics().gateway_forward(cluster, plane.label(), status, elapsed)
+        }));
         Arc::new(AppState { engine, images, auth, gateway })
     }
 }
