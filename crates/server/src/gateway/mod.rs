@@ -291,6 +291,20 @@ impl Gateway {
         req: Outbound,
         response_timeout: Duration,
     ) -> Result<reqwest::Response, GatewayError> {
+        self.dispatch(cluster, plane, req, response_timeout, false).await
+    }
+
+    /// The one place a request leaves for another cluster: target and path checked, headers built
+    /// (plus the handshake headers for an upgrade), the wait for the response headers bounded, the
+    /// outcome reported to the observer.
+    async fn dispatch(
+        &self,
+        cluster: &str,
+        plane: Plane,
+        req: Outbound,
+        response_timeout: Duration,
+        upgrade: bool,
+    ) -> Result<reqwest::Response, GatewayError> {
         let entry = self.target(cluster, &req.headers)?;
         if !safe_forward_path(&req.path_and_query) {
             return Err(GatewayError::BadPath { path: req.path_and_query });
@@ -299,7 +313,14 @@ impl Gateway {
             .url(plane)
             .ok_or(GatewayError::NotConfigured { cluster: cluster.to_owned(), field: plane.field() })?;
         let url = format!("{base}{}", req.path_and_query);
-        let headers = self.outbound_headers(&entry, &req.headers);
+        let mut headers = self.outbound_headers(&entry, &req.headers);
+        if upgrade {
+            for name in UPGRADE_HEADERS {
+                for v in req.headers.get_all(*name) {
+                    headers.append(HeaderName::from_static(name), v.clone());
+                }
+            }
+        }
         let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
         let started = std::time::Instant::now();
         let out = match tokio::time::timeout(response_timeout, send).await {
@@ -351,30 +372,7 @@ impl Gateway {
         plane: Plane,
         req: Outbound,
     ) -> Result<reqwest::Response, GatewayError> {
-        let entry = self.target(cluster, &req.headers)?;
-        if !safe_forward_path(&req.path_and_query) {
-            return Err(GatewayError::BadPath { path: req.path_and_query });
-        }
-        let base = entry
-            .url(plane)
-            .ok_or(GatewayError::NotConfigured { cluster: cluster.to_owned(), field: plane.field() })?;
-        let url = format!("{base}{}", req.path_and_query);
-        let mut headers = self.outbound_headers(&entry, &req.headers);
-        for name in UPGRADE_HEADERS {
-            for v in req.headers.get_all(*name) {
-                headers.append(HeaderName::from_static(name), v.clone());
-            }
-        }
-        let send = self.client.request(req.method, &url).headers(headers).body(req.body).send();
-        let started = std::time::Instant::now();
-        let out = match tokio::time::timeout(self.timeouts.response, send).await {
-            Err(_) => Err(GatewayError::Timeout { cluster: cluster.to_owned(), after: self.timeouts.response }),
-            Ok(Err(e)) => Err(GatewayError::Unreachable { cluster: cluster.to_owned(), cause: reqwest_cause(e) }),
-            Ok(Ok(r)) => Ok(r),
-        };
-        let status = out.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());
-        self.record(cluster, plane, status, started.elapsed());
-        out
+        self.dispatch(cluster, plane, req, self.timeouts.response, true).await
     }
 }
 
