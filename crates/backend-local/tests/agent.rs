@@ -133,7 +133,10 @@ async fn suite(b: &LocalBackend, rt: RuntimeClass, tag: &str) {
     let took = wait_health(&ip, Duration::from_secs(3), "new slot on a reused IP").await;
     eprintln!("[{tag}] agent on the reused IP answered after {took:?}");
 
-    // A live agent is left alone.
+    // A live agent is left alone. The agent answers before the background start that launched it
+    // has marked itself done, and ensure_agent reports waiting for a start in flight as `true`
+    // (the caller should retry); once that start is over, a live agent is not started again.
+    b.ensure_agent(&slot).await.expect("ensure_agent after create");
     assert!(!b.ensure_agent(&slot).await.expect("ensure_agent live"), "a live agent was started again");
 
     // A killed agent is started again, and answers when ensure_agent returns.
